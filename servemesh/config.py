@@ -1,0 +1,146 @@
+"""Settings: the one place that reads ``SERVEMESH_*`` environment variables.
+
+Precedence: explicit arguments > environment > local stack (``servemesh up``)
+> defaults. Nothing here runs at import time; call :meth:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Transport = Literal["tcp", "nats"]
+
+_PREFIX = "SERVEMESH_"
+
+
+def _default_state_dir() -> str:
+    return str(Path.home() / ".servemesh")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a runtime needs to know, validated on construction."""
+
+    #: etcd endpoint, ``http://host:port``; ``None`` means in-memory discovery.
+    etcd: str | None = None
+    #: NATS URL, ``nats://host:port``; needed only for the nats transport.
+    nats: str | None = None
+    #: how this process serves its endpoints: ``tcp`` (default) or ``nats``.
+    transport: Transport = "tcp"
+    #: address the TCP request plane binds to.
+    host: str = "127.0.0.1"
+    #: address other processes should use to reach this one (default: host).
+    advertise_host: str | None = None
+    #: TCP request-plane port; 0 picks a free one.
+    port: int = 0
+    #: etcd lease TTL in seconds: how long a dead process stays visible at most.
+    lease_ttl: int = 10
+    #: when the lease is lost: re-register once etcd is back, or exit.
+    on_lease_lost: Literal["reregister", "exit"] = "reregister"
+    log_level: str = "info"
+    #: port of the /health and /metrics HTTP server; ``None`` disables it.
+    system_port: int | None = None
+    #: largest frame accepted or sent, in bytes.
+    max_payload: int = 16 * 1024 * 1024
+    #: seconds a graceful shutdown waits for in-flight streams.
+    drain_timeout: float = 30.0
+    #: seconds to open a connection to an instance.
+    connect_timeout: float = 3.0
+    #: items a server may send on a stream before the client grants more.
+    stream_window: int = 512
+    #: most concurrent streams one process serves per endpoint (then Overloaded).
+    max_concurrency: int = 4096
+    #: where ``servemesh up`` records the local etcd / nats-server.
+    state_dir: str = field(default_factory=_default_state_dir)
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("tcp", "nats"):
+            raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp' or 'nats', not {self.transport!r}")
+        if self.transport == "nats" and not self.nats:
+            raise ConfigError("the nats transport needs a NATS URL: set SERVEMESH_NATS or run `servemesh up`")
+        if self.on_lease_lost not in ("reregister", "exit"):
+            raise ConfigError(
+                f"SERVEMESH_ON_LEASE_LOST must be 'reregister' or 'exit', not {self.on_lease_lost!r}"
+            )
+        for name in ("lease_ttl", "max_payload", "stream_window", "max_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
+        for name in ("drain_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"SERVEMESH_PORT must be 0..65535, not {self.port}")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no etcd is configured: discovery stays in this process."""
+        return self.etcd is None
+
+    @property
+    def public_host(self) -> str:
+        return self.advertise_host or self.host
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``SERVEMESH_*`` variables, then apply ``overrides``.
+
+        ``None`` overrides are ignored, so CLI flags can be passed through as-is.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        if "etcd" not in values:
+            stack = read_local_stack(values.get("state_dir") or _default_state_dir())
+            if stack is not None:
+                values["etcd"] = stack.get("etcd")
+                values.setdefault("nats", stack.get("nats"))
+        return cls(**values)
+
+
+def _parse(name: str, type_: Any, raw: str) -> Any:
+    text = str(type_)
+    try:
+        if "int" in text and "str" not in text:
+            return int(raw)
+        if "float" in text:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"SERVEMESH_{name.upper()}={raw!r} is not a number") from None
+    if raw.lower() in ("none", "off"):
+        return None
+    return raw
+
+
+def stack_file(state_dir: str) -> Path:
+    return Path(state_dir) / "stack.json"
+
+
+def read_local_stack(state_dir: str) -> dict[str, Any] | None:
+    """The etcd / NATS addresses recorded by ``servemesh up``, if any."""
+    path = stack_file(state_dir)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the local stack record {path}: {exc}") from exc
+    return data if isinstance(data, dict) else None

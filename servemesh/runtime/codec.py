@@ -1,0 +1,165 @@
+"""Wire codec: typed frames in, bytes out, and back. No I/O.
+
+A frame on a byte stream is ``u32 big-endian length`` + a msgpack array whose
+first element is the frame tag. Every response stream ends with exactly one
+``End`` or ``Error`` frame, so a stream cut short is never mistaken for a
+complete one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..errors import FrameTooLarge, ProtocolError, SerializationError
+
+HEADER = 4
+
+
+class Request(msgspec.Struct, tag=1, array_like=True, omit_defaults=True):
+    sid: int
+    path: str
+    payload: Any
+    request_id: str
+    window: int
+    timeout_ms: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Item(msgspec.Struct, tag=2, array_like=True, omit_defaults=True):
+    sid: int
+    data: Any
+    event: str | None = None
+    comments: list[str] | None = None
+    id: str | None = None
+
+
+class End(msgspec.Struct, tag=3, array_like=True):
+    sid: int
+
+
+class Error(msgspec.Struct, tag=4, array_like=True, omit_defaults=True):
+    sid: int
+    kind: str  # remote | validation | no_endpoint | unavailable | overloaded | cancelled | deadline
+    error_type: str
+    message: str
+    field: str | None = None
+
+
+class Cancel(msgspec.Struct, tag=5, array_like=True):
+    sid: int
+
+
+class Credit(msgspec.Struct, tag=6, array_like=True):
+    sid: int
+    n: int
+
+
+Frame = Request | Item | End | Error | Cancel | Credit
+
+
+def _enc_hook(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)  # pydantic models, without importing pydantic
+    if dump is not None:
+        return dump(mode="json")
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)  # type: ignore[arg-type]
+
+
+def to_builtins(obj: Any) -> Any:
+    """Turn a user value (models, structs, dataclasses) into plain JSON-like data."""
+    try:
+        return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    except (TypeError, NotImplementedError) as exc:
+        raise SerializationError(str(exc)) from exc
+
+
+def append_frame(buf: bytearray, frame: Frame, limit: int) -> None:
+    """Append ``frame`` to ``buf`` with its length prefix; the buffer is unchanged on error."""
+    start = len(buf)
+    buf.extend(b"\0\0\0\0")
+    try:
+        _encoder.encode_into(frame, buf, -1)
+    except (TypeError, NotImplementedError, OverflowError) as exc:
+        del buf[start:]
+        raise SerializationError(str(exc)) from exc
+    size = len(buf) - start - HEADER
+    if size > limit:
+        del buf[start:]
+        raise FrameTooLarge(size, limit)
+    buf[start:start + HEADER] = size.to_bytes(HEADER, "big")
+
+
+def encode(frame: Frame, limit: int = 1 << 31) -> bytes:
+    buf = bytearray()
+    append_frame(buf, frame, limit)
+    return bytes(buf)
+
+
+def decode_body(body: bytes | memoryview) -> Frame:
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed frame: {exc}") from exc
+
+
+def decode(data: bytes) -> Frame:
+    """Decode exactly one whole frame (header included)."""
+    if len(data) < HEADER:
+        raise ProtocolError(f"truncated frame: {len(data)} bytes is shorter than the header")
+    size = int.from_bytes(data[:HEADER], "big")
+    if len(data) - HEADER != size:
+        raise ProtocolError(f"truncated frame: header says {size} bytes, got {len(data) - HEADER}")
+    return decode_body(memoryview(data)[HEADER:])
+
+
+class FrameDecoder:
+    """Incremental decoder for a byte stream: ``feed`` returns the whole frames so far."""
+
+    __slots__ = ("_buf", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buf = self._buf
+        if buf:
+            buf.extend(data)
+            view = memoryview(buf)
+        else:
+            view = memoryview(data)
+        frames: list[Frame] = []
+        pos = 0
+        end = len(view)
+        limit = self._limit
+        decode_one = _decoder.decode
+        try:
+            while end - pos >= HEADER:
+                size = int.from_bytes(view[pos:pos + HEADER], "big")
+                if size > limit:
+                    raise FrameTooLarge(size, limit)
+                stop = pos + HEADER + size
+                if stop > end:
+                    break
+                try:
+                    frames.append(decode_one(view[pos + HEADER:stop]))
+                except msgspec.DecodeError as exc:
+                    raise ProtocolError(f"malformed frame: {exc}") from exc
+                pos = stop
+            rest = bytes(view[pos:]) if pos < end else b""
+        finally:
+            view.release()
+        self._buf = bytearray(rest)
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._buf)

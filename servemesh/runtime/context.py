@@ -1,0 +1,88 @@
+"""``Context``: what travels with every request: id, metadata, deadline, cancellation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import ConfigError
+
+
+class Context:
+    """Per-request context.
+
+    A client passes one to ``generate(..., context=ctx)``; a handler that accepts a
+    second parameter receives the server-side one. Passing a handler's context to a
+    downstream call links the two: stopping (or the client cancelling) the upstream
+    request stops the downstream one, and the deadline carries over.
+    """
+
+    __slots__ = ("id", "metadata", "deadline", "_stopped", "_callbacks")
+
+    def __init__(
+        self,
+        id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        if timeout is not None and deadline is not None:
+            raise ConfigError("give a Context either timeout= or deadline=, not both")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"Context timeout must be positive, not {timeout}")
+        self.id = id or uuid.uuid4().hex
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        #: absolute ``time.monotonic()`` deadline, or ``None``.
+        self.deadline = deadline if timeout is None else time.monotonic() + timeout
+        self._stopped = False
+        self._callbacks: list[Callable[[], None]] | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds until the deadline (may be negative), or ``None`` without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def stop_generating(self) -> None:
+        """Ask every stream made with this context to stop; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        callbacks, self._callbacks = self._callbacks, None
+        for cb in callbacks or ():
+            cb()
+
+    def is_stopped(self) -> bool:
+        return self._stopped
+
+    def on_stop(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """Run ``cb`` when the context is stopped (at once if it already is).
+
+        Returns a function that removes the callback."""
+        if self._stopped:
+            cb()
+            return _noop
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(cb)
+
+        def remove() -> None:
+            if self._callbacks is not None:
+                try:
+                    self._callbacks.remove(cb)
+                except ValueError:
+                    pass
+
+        return remove
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "active"
+        return f"Context(id={self.id!r}, {state}, remaining={self.remaining()})"
+
+
+def _noop() -> None:
+    return None

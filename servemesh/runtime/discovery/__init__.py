@@ -1,0 +1,1 @@
+"""Discovery backends: ``memory`` (in-process) and ``etcd``."""

@@ -1,0 +1,246 @@
+"""``DistributedRuntime``: owns discovery, transports and every background task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..config import Settings
+from ..errors import InstanceUnavailable, Overloaded, ServemeshError
+from .client import Client
+from .component import Component, Endpoint, Namespace
+from .context import Context
+from .discovery.base import Discovery
+from .discovery.memory import MemoryDiscovery
+from .handler import Handler, adapt
+from .metrics import RuntimeMetrics
+from .records import InstanceRecord, split_path
+from .serving import ServedEndpoint
+from .stream import LocalStream, Source
+from .tasks import TaskSet
+from .transport.tcp import TcpClientPool, TcpServer
+
+log = logging.getLogger("servemesh.runtime")
+
+
+class DistributedRuntime:
+    """The process's connection to the servemesh mesh.
+
+    ``async with DistributedRuntime() as runtime:`` reads settings from the
+    environment (``servemesh.config``); pass ``settings=`` or keyword overrides
+    (``etcd=...``, ``transport=...``) to set them explicitly, and ``discovery=`` to
+    supply a backend (e.g. a shared ``MemoryDiscovery`` in tests)."""
+
+    def __init__(self, settings: Settings | None = None, *, discovery: Discovery | None = None,
+                 **overrides: Any) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+        self.settings = settings
+        self._own_discovery = discovery is None
+        self.discovery: Discovery = discovery or self._make_discovery()
+        self.metrics = RuntimeMetrics()
+        self.tasks = TaskSet("runtime")
+        self._served: dict[str, ServedEndpoint] = {}
+        self._records: dict[str, InstanceRecord] = {}
+        self._clients: set[Client] = set()
+        self._tcp_server: TcpServer | None = None
+        self._tcp_pool = TcpClientPool(limit=settings.max_payload, connect_timeout=settings.connect_timeout)
+        self._plane_lock = asyncio.Lock()
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.fatal_error: BaseException | None = None
+        self._shutting_down = False
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    def _make_discovery(self) -> Discovery:
+        s = self.settings
+        if s.etcd:
+            from .discovery.etcd import EtcdDiscovery
+
+            return EtcdDiscovery(s.etcd, lease_ttl=s.lease_ttl, timeout=s.connect_timeout,
+                                 on_lease_lost=s.on_lease_lost, on_fatal=self._fatal)
+        return MemoryDiscovery()
+
+    @property
+    def embedded(self) -> bool:
+        """In-process only: private in-memory discovery, calls never leave the process."""
+        return self._own_discovery and isinstance(self.discovery, MemoryDiscovery)
+
+    @property
+    def instance_id(self) -> int:
+        return self.discovery.instance_id
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> DistributedRuntime:
+        if self._started:
+            return self
+        await self.discovery.start()
+        self._started = True
+        if self.embedded:
+            log.info("servemesh runtime is embedded (in-memory discovery, in-process calls); "
+                     "to go multi-process run `servemesh up` or set SERVEMESH_ETCD")
+        else:
+            log.info("servemesh runtime connected: discovery=%s instance=%x",
+                     self.discovery.kind, self.instance_id)
+        return self
+
+    async def __aenter__(self) -> DistributedRuntime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown from synchronous code (e.g. a signal handler).
+        ``wait_stopped()`` returns when it is complete."""
+        if self._shutdown_task is None and not self._shutting_down:
+            self._stopping.set()
+            self._shutdown_task = asyncio.get_running_loop().create_task(
+                self.shutdown(), name="servemesh-shutdown")
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.fatal_error = exc
+        self.request_shutdown()
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def shutdown(self, graceful: bool = True) -> None:
+        """Leave discovery, stop taking requests, let in-flight streams finish
+        (``graceful``, up to ``drain_timeout``), then close everything."""
+        if self._stopped.is_set():
+            return
+        if self._shutting_down:
+            await self._stopped.wait()
+            return
+        self._shutting_down = True
+        self._stopping.set()
+        try:
+            for record in list(self._records.values()):
+                await self._unregister_quietly(record)
+            for served in self._served.values():
+                served.accepting = False
+            if graceful and self._served:
+                pending = [s.drained() for s in self._served.values()]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*pending), self.settings.drain_timeout)
+                except TimeoutError:
+                    log.warning("drain timeout (%ss): cancelling streams still in flight",
+                                self.settings.drain_timeout)
+            for client in list(self._clients):
+                await client.close()
+            if self._tcp_server is not None:
+                await self._tcp_server.close()
+            await self._tcp_pool.close()
+            await self.tasks.close()
+            if self._started:
+                await self.discovery.close()
+        finally:
+            self._stopped.set()
+
+    # -- naming ------------------------------------------------------------------------
+    def namespace(self, name: str) -> Namespace:
+        return Namespace(self, name)
+
+    def endpoint(self, path: str) -> Endpoint:
+        """``runtime.endpoint("ns.component.endpoint")``."""
+        ns, comp, ep = split_path(path)
+        return Component(Namespace(self, ns), comp).endpoint(ep)
+
+    # -- serving -----------------------------------------------------------------------
+    async def _ensure_request_plane(self) -> dict[str, str]:
+        await self.start()
+        if self.embedded:
+            return {"inproc": f"{self.instance_id:x}"}
+        async with self._plane_lock:
+            if self._tcp_server is None:
+                s = self.settings
+                server = TcpServer(self._served, host=s.host, port=s.port, public_host=s.public_host,
+                                   limit=s.max_payload)
+                await server.start()
+                self._tcp_server = server
+        return {"tcp": self._tcp_server.address}
+
+    async def _serve(self, endpoint: Endpoint, handler: Handler, capabilities: dict[str, Any] | None,
+                     graceful: bool) -> None:
+        path = endpoint.path
+        if path in self._served:
+            raise ServemeshError(f"{path} is already served by this process")
+        if self.is_stopping:
+            raise ServemeshError(f"cannot serve {path}: the runtime is shutting down")
+        adapted = adapt(handler, endpoint=path)
+        transport = await self._ensure_request_plane()
+        record = InstanceRecord(
+            component=endpoint.component, endpoint=endpoint.name, namespace=endpoint.namespace,
+            instance_id=self.instance_id, transport=transport, capabilities=dict(capabilities or {}),
+            schema={"request": adapted.request_schema, "response": adapted.response_schema},
+        )
+        served = ServedEndpoint(path, adapted, self.settings.max_concurrency, self.metrics.endpoint(path))
+        self._served[path] = served  # callable first ...
+        try:
+            await self.discovery.register(record)  # ... then visible
+        except BaseException:
+            del self._served[path]
+            raise
+        self._records[path] = record
+        log.info("serving %s (instance %x, %s)", path, self.instance_id,
+                 ", ".join(f"{k}={v}" for k, v in transport.items()))
+        try:
+            await self._stopping.wait()
+            if graceful:
+                try:
+                    await asyncio.wait_for(served.drained(), self.settings.drain_timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            record = self._records.pop(path, record)
+            await asyncio.shield(self._unregister_quietly(record))
+            served.accepting = False
+            if not self.is_stopping:
+                self._served.pop(path, None)
+
+    async def _unregister_quietly(self, record: InstanceRecord) -> None:
+        try:
+            await self.discovery.unregister(record)
+        except ServemeshError as exc:
+            log.warning("could not unregister %s: %s", record.key, exc)
+
+    # -- calling -----------------------------------------------------------------------
+    async def _client(self, endpoint: Endpoint, router: str, capabilities: dict[str, Any] | None) -> Client:
+        await self.start()
+        client = Client(self, endpoint, router, capabilities)
+        await client._start()
+        self._clients.add(client)
+        return client
+
+    async def _open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source:
+        path = record.path
+        if record.instance_id == self.instance_id:
+            served = self._served.get(path)
+            if served is not None:
+                refusal = served.refusal()
+                if refusal is not None:
+                    if refusal[0] == "overloaded":
+                        raise Overloaded(path, served.max_concurrency)
+                    raise InstanceUnavailable(record.instance_id, "in-process", refusal[1])
+                server_ctx = Context(ctx.id if ctx else None, ctx.metadata if ctx else None,
+                                     deadline=ctx.deadline if ctx else None)
+                return LocalStream(served, request, server_ctx)
+        address = record.transport.get("tcp")
+        if address is not None:
+            conn = await self._tcp_pool.get(address, record.instance_id)
+            return conn.open_stream(path, request, ctx, self.settings.stream_window, record.instance_id)
+        raise InstanceUnavailable(record.instance_id, record.address,
+                                  f"no transport this process can use ({', '.join(record.transport)})")
+
+    def __repr__(self) -> str:
+        mode = "embedded" if self.embedded else self.discovery.kind
+        return f"DistributedRuntime({mode}, instance={self.instance_id:x})"

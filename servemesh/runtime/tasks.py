@@ -1,0 +1,54 @@
+"""``TaskSet``: the owner of background tasks. Every task is cancelled and awaited on close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger("servemesh.runtime")
+
+
+class TaskSet:
+    """Owns tasks that outlive the call that started them.
+
+    Unlike ``asyncio.TaskGroup``, one failing task does not cancel the others (a
+    crashing watch must not kill every stream); the failure is logged instead.
+    """
+
+    __slots__ = ("_tasks", "_name", "_closed")
+
+    def __init__(self, name: str) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._name = name
+        self._closed = False
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"{self._name} is closed; no new tasks")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                log.error("background task %s of %s failed: %r", task.get_name(), self._name, exc,
+                          exc_info=exc)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Cancel every task and wait for all of them, even if the caller is cancelled."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))

@@ -1,0 +1,1 @@
+"""Request-plane transports: inproc (see ``stream.LocalStream``), tcp and nats."""

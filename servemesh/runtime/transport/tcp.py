@@ -1,0 +1,278 @@
+"""TCP request plane: one listening port per process, multiplexed streams per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import InstanceUnavailable
+from .. import codec
+from ..context import Context
+from ..serving import ServedEndpoint, drive
+from ..stream import RemoteStream
+from .framing import FramedProtocol
+
+log = logging.getLogger("servemesh.transport.tcp")
+
+
+class _TcpSink:
+    __slots__ = ("conn", "sid", "credit", "expired", "_waiter")
+
+    def __init__(self, conn: ServerConnection, sid: int, window: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.credit = window
+        self.expired = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
+        self.conn.write_frame(codec.Item(self.sid, data, event, comments, id))
+        self.credit -= 1
+
+    async def wait_credit(self) -> None:
+        while self.credit <= 0:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def grant(self, n: int) -> None:
+        self.credit += n
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def end(self) -> None:
+        self.conn.write_frame(codec.End(self.sid))
+
+    def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None:
+        self.conn.write_frame(codec.Error(self.sid, kind, type_, message, field))
+
+
+class ServerConnection(FramedProtocol):
+    def __init__(self, server: TcpServer) -> None:
+        super().__init__(server.limit)
+        self._server = server
+        self._streams: dict[int, tuple[asyncio.Task[None], _TcpSink, Context]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._server.connections.discard(self)
+        for task, _, ctx in self._streams.values():
+            ctx.stop_generating()
+            task.cancel()  # the caller is gone: stop its work
+
+    def frame_received(self, frame: codec.Frame) -> None:
+        ft = type(frame)
+        if ft is codec.Request:
+            self._on_request(frame)  # type: ignore[arg-type]
+        elif ft is codec.Credit:
+            entry = self._streams.get(frame.sid)
+            if entry is not None:
+                entry[1].grant(frame.n)  # type: ignore[union-attr]
+        elif ft is codec.Cancel:
+            entry = self._streams.get(frame.sid)
+            if entry is not None:
+                entry[2].stop_generating()  # visible to the handler before it sees the cancellation
+                entry[0].cancel()
+        else:
+            log.warning("unexpected %s frame from %s; closing", ft.__name__, self.peer)
+            self.abort("unexpected frame")
+
+    def _on_request(self, f: codec.Request) -> None:
+        ep = self._server.endpoints.get(f.path)
+        if ep is None:
+            self.write_frame(codec.Error(f.sid, "no_endpoint", "NoEndpoint",
+                                         f"this instance does not serve {f.path}"))
+            return
+        refusal = ep.refusal()
+        if refusal is not None:
+            self.write_frame(codec.Error(f.sid, refusal[0], refusal[0].title(), refusal[1]))
+            return
+        ctx = Context(f.request_id, f.metadata,
+                      timeout=None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000)
+        sink = _TcpSink(self, f.sid, max(f.window, 1))
+        task = self._loop.create_task(self._run(ep, f.payload, ctx, sink, f.timeout_ms))
+        self._streams[f.sid] = (task, sink, ctx)
+
+    async def _run(self, ep: ServedEndpoint, payload: Any, ctx: Context, sink: _TcpSink,
+                   timeout_ms: int | None) -> None:
+        timer = None
+        if timeout_ms is not None:
+            timer = self._loop.call_later(max(timeout_ms, 1) / 1000, self._expire, sink)
+        try:
+            await drive(ep, payload, ctx, sink)
+        except asyncio.CancelledError:
+            if sink.expired and not self.closed:
+                sink.error("deadline", "DeadlineExceeded", f"deadline of {timeout_ms} ms passed")
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._streams.pop(sink.sid, None)
+
+    def _expire(self, sink: _TcpSink) -> None:
+        entry = self._streams.get(sink.sid)
+        if entry is not None:
+            sink.expired = True
+            entry[2].stop_generating()
+            entry[0].cancel()
+
+    async def close(self) -> None:
+        tasks = [task for task, _, _ in self._streams.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class TcpServer:
+    """Listens on ``host:port`` and serves the endpoints in ``endpoints``."""
+
+    def __init__(self, endpoints: Mapping[str, ServedEndpoint], *, host: str, port: int,
+                 public_host: str, limit: int) -> None:
+        self.endpoints = endpoints
+        self.limit = limit
+        self.connections: set[ServerConnection] = set()
+        self._host = host
+        self._port = port
+        self._public_host = public_host
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ServerConnection(self), self._host, self._port,
+                                                reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.debug("tcp request plane listening on %s:%d", self._host, self._port)
+
+    @property
+    def address(self) -> str:
+        return f"{self._public_host}:{self._port}"
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await asyncio.gather(*(c.close() for c in list(self.connections)), return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+
+class ClientConnection(FramedProtocol):
+    def __init__(self, pool: TcpClientPool, address: str) -> None:
+        super().__init__(pool.limit)
+        self._pool = pool
+        self.address = address
+        self._streams: dict[int, RemoteStream] = {}
+        self._next_sid = 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        reason = f"connection to {self.address} lost" + (f": {exc}" if exc else "")
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.lost(reason)
+
+    def open_stream(self, path: str, payload: Any, ctx: Context | None, window: int,
+                    instance_id: int) -> RemoteStream:
+        sid = self._next_sid
+        self._next_sid += 1
+        timeout_ms = None
+        request_id = ""
+        metadata = None
+        if ctx is not None:
+            request_id = ctx.id
+            metadata = ctx.metadata or None
+            remaining = ctx.remaining()
+            if remaining is not None:
+                timeout_ms = max(int(remaining * 1000), 1)
+        self.write_frame(codec.Request(sid, path, payload, request_id, window, timeout_ms, metadata))
+        stream = RemoteStream(self, sid, window, path, instance_id, self.address)
+        self._streams[sid] = stream
+        return stream
+
+    def frame_received(self, frame: codec.Frame) -> None:
+        ft = type(frame)
+        if ft is codec.Item:
+            stream = self._streams.get(frame.sid)
+            if stream is not None:
+                stream.push(frame)  # type: ignore[arg-type]
+        elif ft is codec.End or ft is codec.Error:
+            stream = self._streams.pop(frame.sid, None)
+            if stream is not None:
+                stream.finish(frame)  # type: ignore[arg-type]
+        else:
+            log.warning("unexpected %s frame from %s; closing", ft.__name__, self.address)
+            self.abort("unexpected frame")
+
+    def send_cancel(self, sid: int) -> None:
+        if self._streams.pop(sid, None) is not None and not self.closed:
+            self.write_frame(codec.Cancel(sid))
+
+    def send_credit(self, sid: int, n: int) -> None:
+        if not self.closed:
+            self.write_frame(codec.Credit(sid, n))
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+
+class TcpClientPool:
+    """One multiplexed connection per remote address, opened on first use."""
+
+    def __init__(self, *, limit: int, connect_timeout: float) -> None:
+        self.limit = limit
+        self._timeout = connect_timeout
+        self._conns: dict[str, ClientConnection] = {}
+        self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
+
+    async def get(self, address: str, instance_id: int) -> ClientConnection:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        pending = self._connecting.get(address)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(address, instance_id))
+            self._connecting[address] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(address, None))
+        return await asyncio.shield(pending)
+
+    async def _connect(self, address: str, instance_id: int) -> ClientConnection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: ClientConnection(self, address), host, int(port)),
+                self._timeout)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise InstanceUnavailable(instance_id, address, f"cannot connect: {exc or 'timed out'}") from exc
+        self._conns[address] = conn
+        return conn
+
+    def forget(self, conn: ClientConnection) -> None:
+        if self._conns.get(conn.address) is conn:
+            del self._conns[conn.address]
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def close(self) -> None:
+        for pending in list(self._connecting.values()):
+            pending.cancel()
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()

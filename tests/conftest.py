@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# No test may pick up a developer's `servemesh up` stack: point the state dir at
+# an empty place before anything reads settings.
+_STATE = tempfile.mkdtemp(prefix="servemesh-test-state-")
+os.environ["SERVEMESH_STATE_DIR"] = _STATE
+for _var in ("SERVEMESH_ETCD", "SERVEMESH_NATS", "SERVEMESH_TRANSPORT"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[object]:
+    from servemesh.testing import EtcdServer
+
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats() -> Iterator[object]:
+    from servemesh.testing import NatsServer
+
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace unique to the test, so tests sharing one etcd never meet."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace(".", "-")
+    return ("t-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name))[:60]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a Python script as a subprocess; every one is killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(script: str | Path, *args: str, env: dict[str, str] | None = None,
+              name: str = "proc") -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}-{len(procs)}.log", "wb")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=full_env, cwd=ROOT)
+        proc.log_path = tmp_path / f"{name}-{len(procs)}.log"  # type: ignore[attr-defined]
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def read_log(proc: subprocess.Popen[bytes]) -> str:
+    return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]

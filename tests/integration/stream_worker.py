@@ -1,0 +1,72 @@
+"""A worker process for the integration tests: python stream_worker.py NAMESPACE."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from pydantic import BaseModel
+
+import servemesh
+from servemesh import Context, DistributedRuntime, worker
+
+NAMESPACE = sys.argv[1] if len(sys.argv) > 1 else "test"
+state = {"cancelled": 0, "cancelled_at": 0.0, "stopped_seen": 0}
+
+
+class Prompt(BaseModel):
+    prompt: str
+    max_tokens: int
+
+
+async def stream(request: dict, context: Context):
+    n = int(request.get("n", 100))
+    delay = float(request.get("delay", 0))
+    try:
+        for k in range(n):
+            if delay:
+                await asyncio.sleep(delay)
+            yield {"k": k, "tag": request.get("tag"), "pid": os.getpid()}
+    except (asyncio.CancelledError, GeneratorExit):
+        state["cancelled"] += 1
+        state["cancelled_at"] = time.time()
+        if context.is_stopped():
+            state["stopped_seen"] += 1
+        raise
+
+
+async def fail(request: dict):
+    raise ValueError(f"cannot handle x={request.get('x')}")
+    yield  # pragma: no cover
+
+
+async def typed(request: Prompt):
+    yield {"echo": request.prompt, "max_tokens": request.max_tokens}
+
+
+async def stats(request: dict) -> dict:
+    return {**state, "pid": os.getpid()}
+
+
+async def big(request: dict):
+    yield {"blob": "x" * int(request["size"])}
+
+
+@worker
+async def main(runtime: DistributedRuntime) -> None:
+    servemesh.configure_logging()
+    component = runtime.namespace(NAMESPACE).component("worker")
+    await component.create_service()
+    await asyncio.gather(
+        component.endpoint("stream").serve_endpoint(stream),
+        component.endpoint("fail").serve_endpoint(fail),
+        component.endpoint("typed").serve_endpoint(typed),
+        component.endpoint("stats").serve_endpoint(stats),
+        component.endpoint("big").serve_endpoint(big),
+    )
+
+
+if __name__ == "__main__":
+    servemesh.run(main)
