@@ -13,7 +13,7 @@ class Annotated(Generic[T]):
     ``Annotated`` itself. An item whose event is ``"error"`` reports an in-band
     error that the handler chose to stream rather than raise."""
 
-    __slots__ = ("_data", "event", "comments", "id")
+    __slots__ = ("_data", "comments", "event", "id")
 
     def __init__(
         self,

@@ -184,8 +184,21 @@ class ResponseStream:
     raises ``StreamIncomplete``. Leaving the loop early (``break``, ``aclose()``, the
     caller's task cancelled) cancels the remote handler."""
 
-    __slots__ = ("_client", "_request", "_ctx", "_annotated", "_router", "_pinned", "_src",
-                 "_record", "_tried", "_done", "_unlink", "_timer", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_annotated",
+        "_client",
+        "_ctx",
+        "_done",
+        "_pinned",
+        "_record",
+        "_request",
+        "_router",
+        "_src",
+        "_timer",
+        "_tried",
+        "_unlink",
+    )
 
     def __init__(self, client: Client, request: Any, ctx: Context | None, annotated: bool,
                  router: Router, pinned: int | None) -> None:
@@ -295,7 +308,8 @@ class ResponseStream:
     def _on_deadline(self) -> None:
         self._timer = None
         if self._src is not None:
-            self._src.interrupt(DeadlineExceeded(f"deadline passed while streaming {self._client.endpoint.path}"))
+            path = self._client.endpoint.path
+            self._src.interrupt(DeadlineExceeded(f"deadline passed while streaming {path}"))
 
     def _release(self) -> None:
         if self._record is not None:

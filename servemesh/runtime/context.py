@@ -19,7 +19,7 @@ class Context:
     request stops the downstream one, and the deadline carries over.
     """
 
-    __slots__ = ("id", "metadata", "deadline", "_stopped", "_callbacks")
+    __slots__ = ("_callbacks", "_stopped", "deadline", "id", "metadata")
 
     def __init__(
         self,

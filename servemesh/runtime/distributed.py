@@ -233,7 +233,7 @@ class DistributedRuntime:
                     raise InstanceUnavailable(record.instance_id, "in-process", refusal[1])
                 server_ctx = Context(ctx.id if ctx else None, ctx.metadata if ctx else None,
                                      deadline=ctx.deadline if ctx else None)
-                return LocalStream(served, request, server_ctx)
+                return LocalStream(served, request, server_ctx, self.tasks)
         address = record.transport.get("tcp")
         if address is not None:
             conn = await self._tcp_pool.get(address, record.instance_id)

@@ -47,11 +47,13 @@ def adapt(handler: Handler, *, endpoint: str = "") -> AdaptedHandler:
             f"handler {name} for {endpoint} must be an async generator (async def ... yield) "
             "or an async def returning one value"
         )
+    hints = _hints(func)
+    # parameters with defaults are the user's own, unless annotated as the Context
     params = [
         p for p in inspect.signature(handler).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and (p.default is p.empty or hints.get(p.name) is Context)
     ]
-    hints = _hints(func)
     if not params or len(params) > 2:
         raise ConfigError(
             f"handler {name} for {endpoint} must take (request) or (request, context), "

@@ -31,7 +31,7 @@ class RuntimeMetrics:
 
 
 class EndpointMetrics:
-    __slots__ = ("_parent", "_path", "_inflight", "_duration", "_outcomes")
+    __slots__ = ("_duration", "_inflight", "_outcomes", "_parent", "_path")
 
     def __init__(self, parent: RuntimeMetrics, path: str) -> None:
         self._parent = parent

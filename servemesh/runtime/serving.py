@@ -7,13 +7,19 @@ import logging
 import time
 from typing import Any, Protocol
 
-from ..errors import ServemeshError, ValidationError
+from ..errors import Cancelled, DeadlineExceeded, Overloaded, ServemeshError, ValidationError
 from .annotated import Annotated
 from .context import Context
 from .handler import AdaptedHandler
 from .metrics import EndpointMetrics
 
 log = logging.getLogger("servemesh.serving")
+
+#: errors a handler raises that reach its caller as themselves, not as RemoteError
+PASSTHROUGH: dict[type[ServemeshError], str] = {
+    ValidationError: "validation", DeadlineExceeded: "deadline", Cancelled: "cancelled",
+    Overloaded: "overloaded",
+}
 
 
 class ResponseSink(Protocol):
@@ -98,8 +104,11 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
             ctx.stop_generating()
             outcome = "cancelled"
             raise
+        except ValidationError as exc:  # a handler may validate further itself
+            sink.error("validation", "ValidationError", exc.message, exc.field)
+            return
         except ServemeshError as exc:
-            sink.error("remote", type(exc).__name__, str(exc))
+            sink.error(PASSTHROUGH.get(type(exc), "remote"), type(exc).__name__, str(exc))
             return
         except Exception as exc:
             log.debug("handler %s raised %r", ep.path, exc, exc_info=True)

@@ -22,7 +22,8 @@ from ..errors import (
 from . import codec
 from .annotated import Annotated
 from .context import Context
-from .serving import ServedEndpoint
+from .serving import PASSTHROUGH, ServedEndpoint
+from .tasks import TaskSet
 
 
 class StreamLink(Protocol):
@@ -78,8 +79,19 @@ class RemoteStream:
     caller consumes is granted back with a ``Credit`` frame, so a slow caller
     bounds the memory a fast producer can use."""
 
-    __slots__ = ("sid", "path", "instance_id", "address", "received", "_link", "_items",
-                 "_waiter", "_done", "_window", "_consumed")
+    __slots__ = (
+        "_consumed",
+        "_done",
+        "_items",
+        "_link",
+        "_waiter",
+        "_window",
+        "address",
+        "instance_id",
+        "path",
+        "received",
+        "sid",
+    )
 
     def __init__(self, link: StreamLink, sid: int, window: int, path: str, instance_id: int,
                  address: str) -> None:
@@ -176,12 +188,25 @@ class LocalStream:
     the caller's wait inside the handler and surfaces as ``Cancelled`` /
     ``DeadlineExceeded``."""
 
-    __slots__ = ("received", "_ep", "_agen", "_ctx", "_started", "_task", "_interrupt", "_closed",
-                 "_outcome")
+    __slots__ = (
+        "_agen",
+        "_closed",
+        "_closing",
+        "_ctx",
+        "_ep",
+        "_interrupt",
+        "_outcome",
+        "_started",
+        "_task",
+        "_tasks",
+        "received",
+    )
 
-    def __init__(self, ep: ServedEndpoint, request: Any, server_ctx: Context) -> None:
+    def __init__(self, ep: ServedEndpoint, request: Any, server_ctx: Context, tasks: TaskSet) -> None:
         self.received = 0
         self._ep = ep
+        self._tasks = tasks
+        self._closing = False
         self._ctx = server_ctx
         self._started = time.perf_counter()
         self._task: asyncio.Task[Any] | None = None
@@ -198,6 +223,8 @@ class LocalStream:
 
     async def next(self) -> Any:
         if self._interrupt is not None:
+            if not self._closed:
+                await self._close_agen()
             raise self._interrupt
         self._task = asyncio.current_task()
         try:
@@ -215,6 +242,8 @@ class LocalStream:
         except ServemeshError as exc:
             self._outcome = "error"
             self._close_accounting()
+            if type(exc) in PASSTHROUGH:
+                raise
             raise RemoteError(type(exc).__name__, str(exc), self._ep.path) from exc
         except Exception as exc:
             self._outcome = "error"
@@ -238,6 +267,10 @@ class LocalStream:
         task = self._task
         if task is not None:
             task.cancel()  # the caller is waiting inside the handler: wake it there
+        else:
+            # the handler is parked at a yield: close it now rather than when (if ever)
+            # the caller asks for the next item
+            self._tasks.spawn(self._close_agen(), name=f"close {self._ep.path}")
 
     def cancel(self) -> None:
         self._ctx.stop_generating()
@@ -248,6 +281,9 @@ class LocalStream:
         await self._close_agen()
 
     async def _close_agen(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
         try:
             await self._agen.aclose()  # type: ignore[attr-defined]
         finally:

@@ -17,7 +17,7 @@ class TaskSet:
     crashing watch must not kill every stream); the failure is logged instead.
     """
 
-    __slots__ = ("_tasks", "_name", "_closed")
+    __slots__ = ("_closed", "_name", "_tasks")
 
     def __init__(self, name: str) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -221,7 +221,6 @@ async def test_registration_has_the_documented_key_and_value(spawn, etcd, namesp
 async def test_sigterm_drains_in_flight_streams_and_leaves_discovery(spawn, etcd, namespace):
     async with DistributedRuntime(etcd=etcd.url) as rt:
         procs, client = await start_workers(spawn, etcd, namespace, 1, rt)
-        (iid,) = client.instance_ids()
         streams = [await client.generate({"n": 40, "delay": 0.025}) for _ in range(5)]
         first = [await s.__anext__() for s in streams]
         assert len(first) == 5

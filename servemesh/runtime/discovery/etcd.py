@@ -81,7 +81,7 @@ class EtcdDiscovery:
         self._client = aetcd.Client(host=self._host, port=self._port, timeout=self._timeout)
         try:
             lease = await asyncio.wait_for(self._client.lease(self._ttl), self._timeout)
-        except (aetcd.exceptions.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             await self._client.close()
             raise DiscoveryError(
                 f"cannot reach etcd at {self.url}: {exc or type(exc).__name__}; "
@@ -126,7 +126,7 @@ class EtcdDiscovery:
         aetcd = _aetcd()
         try:
             return await asyncio.wait_for(coro, self._timeout)
-        except (aetcd.exceptions.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             raise DiscoveryError(f"etcd at {self.url} failed to {what}: {exc or type(exc).__name__}") from exc
 
     async def _watch_loop(self, prefix: str, sink: WatchSink, ready: asyncio.Future[None]) -> None:
@@ -171,7 +171,7 @@ class EtcdDiscovery:
                         pass
             except asyncio.CancelledError:
                 raise
-            except (aetcd.exceptions.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
                 if not ready.done():
                     ready.set_exception(DiscoveryError(f"cannot watch {prefix} on etcd at {self.url}: {exc}"))
                     return
@@ -205,7 +205,7 @@ class EtcdDiscovery:
                 raise
             except _LeaseExpired:
                 self._lease_lost("etcd reports the lease expired")
-            except (aetcd.exceptions.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
                 if not failing:
                     log.warning("etcd at %s unreachable (%r); lease %x expires in %ss unless it returns",
                                 self.url, exc, self._lease_id, self._ttl)

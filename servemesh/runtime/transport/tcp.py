@@ -18,7 +18,7 @@ log = logging.getLogger("servemesh.transport.tcp")
 
 
 class _TcpSink:
-    __slots__ = ("conn", "sid", "credit", "expired", "_waiter")
+    __slots__ = ("_waiter", "conn", "credit", "expired", "sid")
 
     def __init__(self, conn: ServerConnection, sid: int, window: int) -> None:
         self.conn = conn
@@ -256,7 +256,7 @@ class TcpClientPool:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: ClientConnection(self, address), host, int(port)),
                 self._timeout)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:
             raise InstanceUnavailable(instance_id, address, f"cannot connect: {exc or 'timed out'}") from exc
         self._conns[address] = conn
         return conn

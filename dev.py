@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Set-up and entry points for a fresh machine (Python 3.11+, pip, gcc).
+
+    python3 dev.py main    # create .venv, install servemesh, run the main job
+    python3 dev.py test    # create .venv, install servemesh[dev], run ruff, mypy and pytest
+
+Uses only the standard library, so it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+
+
+def ensure_venv(extra: str) -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"servemesh needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print(f"creating virtualenv in {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / f".installed-{extra or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
+    print(f"installing servemesh{f'[{extra}]' if extra else ''} into {VENV} ...", flush=True)
+    run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", spec])
+    stamp.write_text(digest)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    if code != 0:
+        sys.exit(code)
+
+
+def main_job(args: list[str]) -> None:
+    ensure_venv("stack")
+    run([str(PY), "examples/hello/pipeline.py", *args])
+
+
+def test(args: list[str]) -> None:
+    ensure_venv("dev")
+    bin_dir = VENV / "bin"
+    run([str(bin_dir / "ruff"), "check", "servemesh", "tests", "examples", "benchmarks", "dev.py"])
+    run([str(bin_dir / "mypy")])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run([str(PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], env=env)
+
+
+def usage() -> None:
+    sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    commands = {"main": main_job, "test": test}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        usage()
+    commands[sys.argv[1]](sys.argv[2:])
