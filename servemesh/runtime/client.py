@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..errors import (
     Cancelled,
@@ -16,10 +16,11 @@ from ..errors import (
     Overloaded,
     ServemeshError,
 )
+from .annotated import Annotated
 from .context import Context
 from .records import InstanceRecord, capabilities_match, instance_prefix
 from .routing import Random, RoundRobin, Router, make_router
-from .stream import Source
+from .stream import LocalStream, RemoteStream
 
 if TYPE_CHECKING:
     from .component import Endpoint
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from .distributed import DistributedRuntime
 
 log = logging.getLogger("servemesh.client")
+
+
+Source = RemoteStream | LocalStream
 
 
 class InstanceInfo(NamedTuple):
@@ -184,21 +188,8 @@ class ResponseStream:
     raises ``StreamIncomplete``. Leaving the loop early (``break``, ``aclose()``, the
     caller's task cancelled) cancels the remote handler."""
 
-    __slots__ = (
-        "__weakref__",
-        "_annotated",
-        "_client",
-        "_ctx",
-        "_done",
-        "_pinned",
-        "_record",
-        "_request",
-        "_router",
-        "_src",
-        "_timer",
-        "_tried",
-        "_unlink",
-    )
+    __slots__ = ("__weakref__", "_annotated", "_client", "_ctx", "_done", "_it", "_pinned", "_record",
+                 "_request", "_router", "_src", "_timer", "_tried", "_unlink")
 
     def __init__(self, client: Client, request: Any, ctx: Context | None, annotated: bool,
                  router: Router, pinned: int | None) -> None:
@@ -214,6 +205,7 @@ class ResponseStream:
         self._done = False
         self._unlink: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._it: AsyncGenerator[Any, None] | None = None
 
     def __await__(self) -> Any:
         return self._start().__await__()
@@ -223,8 +215,17 @@ class ResponseStream:
             await self._open()
         return self
 
-    def __aiter__(self) -> ResponseStream:
-        return self
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        # A fresh generator that this object does not hold: when the caller's loop
+        # drops it (break), the loop's asyncgen hook closes it, which cancels the call.
+        if self._it is not None:
+            return self._it
+        return self._iterate()
+
+    def __anext__(self) -> Any:
+        if self._it is None:
+            self._it = self._iterate()
+        return self._it.__anext__()
 
     async def __aenter__(self) -> ResponseStream:
         return await self._start()
@@ -236,6 +237,57 @@ class ResponseStream:
     def instance_id(self) -> int | None:
         """The instance serving this stream (once opened)."""
         return None if self._record is None else self._record.instance_id
+
+    async def _iterate(self) -> AsyncGenerator[Any, None]:
+        if self._done and self._src is None:
+            return
+        src = self._src if self._src is not None else await self._open()
+        annotated = self._annotated
+        try:
+            while True:
+                if type(src) is LocalStream:
+                    # in-process hot path: the handler's own generator, two frames per item
+                    src.task = asyncio.current_task()
+                    try:
+                        if annotated:
+                            async for item in src.agen:
+                                yield item if type(item) is Annotated else Annotated(item)
+                                if src.interrupted is not None:
+                                    break  # stopped while the caller held the item
+                        else:
+                            async for item in src.agen:
+                                yield item.data() if type(item) is Annotated else item
+                                if src.interrupted is not None:
+                                    break
+                    except BaseException as exc:
+                        mapped = await src.failed(exc)
+                        if mapped is exc:
+                            raise
+                        raise mapped from (None if isinstance(mapped, (Cancelled, DeadlineExceeded)) else exc)
+                    if src.interrupted is not None:
+                        await src.aclose()
+                        raise src.interrupted
+                    src.completed()
+                    return
+                remote = cast(RemoteStream, src)
+                try:
+                    item = await remote.next()
+                except StopAsyncIteration:
+                    return
+                except (InstanceUnavailable, Overloaded) as exc:
+                    self._release()
+                    if remote.received or self._pinned is not None or self._done:
+                        raise
+                    if isinstance(exc, InstanceUnavailable) and self._record is not None:
+                        self._client.quarantine(self._record.instance_id)
+                    self._src = None
+                    src = await self._open()
+                    continue
+                yield remote.wrap(item, annotated)
+        finally:
+            if not src.finished:
+                src.cancel()
+            self._finish()
 
     async def _open(self) -> Source:
         ctx = self._ctx
@@ -249,6 +301,7 @@ class ResponseStream:
         while True:
             record = client._choose(self._router, self._tried, self._pinned)
             if record is None:
+                self._done = True
                 if last_error is not None:
                     raise last_error
                 if self._pinned is not None:
@@ -264,6 +317,9 @@ class ResponseStream:
             except Overloaded as exc:
                 last_error = exc
                 continue
+            except BaseException:
+                self._done = True
+                raise
             self._src = src
             self._record = record
             if ctx is not None and self._unlink is None:
@@ -272,34 +328,6 @@ class ResponseStream:
                 if remaining is not None:
                     self._timer = asyncio.get_running_loop().call_later(remaining, self._on_deadline)
             return src
-
-    async def __anext__(self) -> Any:
-        src = self._src
-        if src is None:
-            if self._done:
-                raise StopAsyncIteration
-            src = await self._open()
-        while True:
-            try:
-                item = await src.next()
-            except (InstanceUnavailable, Overloaded) as exc:
-                self._release()
-                if src.received or self._pinned is not None or self._done:
-                    self._finish()
-                    raise
-                if isinstance(exc, InstanceUnavailable) and self._record is not None:
-                    self._client.quarantine(self._record.instance_id)
-                self._src = None
-                try:
-                    src = await self._open()
-                except BaseException:
-                    self._finish()
-                    raise
-                continue
-            except BaseException:
-                self._finish()
-                raise
-            return src.wrap(item, self._annotated)
 
     def _on_stop(self) -> None:
         if self._src is not None:
@@ -317,7 +345,7 @@ class ResponseStream:
             self._record = None
 
     def _finish(self) -> None:
-        if self._done:
+        if self._done and self._record is None and self._unlink is None and self._timer is None:
             return
         self._done = True
         self._release()
@@ -330,15 +358,17 @@ class ResponseStream:
 
     async def aclose(self) -> None:
         """Stop the stream; the remote handler is cancelled if it is still running."""
+        it, self._it = self._it, None
+        if it is not None:
+            await it.aclose()
         src = self._src
-        if src is not None and not self._done:
-            self._finish()
+        if src is not None and not src.finished:
             await src.aclose()
         self._finish()
 
     def __del__(self) -> None:
         src = self._src
-        if src is not None and not self._done:
+        if src is not None and not src.finished and self._it is None:
             try:
                 src.cancel()
                 self._finish()

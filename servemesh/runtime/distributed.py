@@ -17,7 +17,7 @@ from .handler import Handler, adapt
 from .metrics import RuntimeMetrics
 from .records import InstanceRecord, split_path
 from .serving import ServedEndpoint
-from .stream import LocalStream, Source
+from .stream import LocalStream, RemoteStream
 from .tasks import TaskSet
 from .transport.tcp import TcpClientPool, TcpServer
 
@@ -221,7 +221,8 @@ class DistributedRuntime:
         self._clients.add(client)
         return client
 
-    async def _open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source:
+    async def _open(self, record: InstanceRecord, request: Any,
+                    ctx: Context | None) -> RemoteStream | LocalStream:
         path = record.path
         if record.instance_id == self.instance_id:
             served = self._served.get(path)

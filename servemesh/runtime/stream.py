@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from ..errors import (
@@ -32,20 +32,6 @@ class StreamLink(Protocol):
     def send_cancel(self, sid: int) -> None: ...
 
     def send_credit(self, sid: int, n: int) -> None: ...
-
-
-class Source(Protocol):
-    received: int
-
-    async def next(self) -> Any: ...
-
-    def interrupt(self, exc: ServemeshError) -> None: ...
-
-    def cancel(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def wrap(self, item: Any, annotated: bool) -> Any: ...
 
 
 class _Lost:
@@ -184,93 +170,72 @@ class RemoteStream:
 
 class LocalStream:
     """A same-process call: the handler's generator runs in the caller's task, with
-    no serialisation and no task hop. Stopping the context or the deadline cancels
-    the caller's wait inside the handler and surfaces as ``Cancelled`` /
-    ``DeadlineExceeded``."""
+    no serialisation and no task hop (``ResponseStream`` iterates ``agen`` itself).
+    Stopping the context or the deadline cancels the caller's wait inside the
+    handler and surfaces as ``Cancelled`` / ``DeadlineExceeded``."""
 
-    __slots__ = (
-        "_agen",
-        "_closed",
-        "_closing",
-        "_ctx",
-        "_ep",
-        "_interrupt",
-        "_outcome",
-        "_started",
-        "_task",
-        "_tasks",
-        "received",
-    )
+    __slots__ = ("_closed", "_closing", "_ctx", "_ep", "_interrupt", "_outcome", "_started", "_tasks",
+                 "agen", "received", "task")
 
     def __init__(self, ep: ServedEndpoint, request: Any, server_ctx: Context, tasks: TaskSet) -> None:
         self.received = 0
         self._ep = ep
         self._tasks = tasks
-        self._closing = False
         self._ctx = server_ctx
         self._started = time.perf_counter()
-        self._task: asyncio.Task[Any] | None = None
         self._interrupt: ServemeshError | None = None
         self._closed = False
+        self._closing = False
         self._outcome = "cancelled"
+        #: the task iterating the stream, set by the iterator when it starts
+        self.task: asyncio.Task[Any] | None = None
         ep.enter()
         try:
-            self._agen: AsyncIterator[Any] = ep.adapted.call(ep.validate(request), server_ctx)
+            self.agen: AsyncGenerator[Any, None] = ep.adapted.call(ep.validate(request), server_ctx)  # type: ignore[assignment]
         except BaseException as exc:
             self._outcome = "invalid" if isinstance(exc, ValidationError) else "error"
             self._close_accounting()
             raise
 
-    async def next(self) -> Any:
-        if self._interrupt is not None:
-            if not self._closed:
-                await self._close_agen()
-            raise self._interrupt
-        self._task = asyncio.current_task()
-        try:
-            item = await self._agen.__anext__()
-        except StopAsyncIteration:
-            self._outcome = "ok"
-            self._close_accounting()
-            raise
-        except asyncio.CancelledError:
-            if self._interrupt is not None and self._task is not None and self._task.uncancel() == 0:
-                await self._close_agen()
-                raise self._interrupt from None
-            self._close_accounting()
-            raise
-        except ServemeshError as exc:
-            self._outcome = "error"
-            self._close_accounting()
-            if type(exc) in PASSTHROUGH:
-                raise
-            raise RemoteError(type(exc).__name__, str(exc), self._ep.path) from exc
-        except Exception as exc:
-            self._outcome = "error"
-            self._close_accounting()
-            raise RemoteError(type(exc).__name__, str(exc), self._ep.path) from exc
-        finally:
-            self._task = None
-        self.received += 1
-        return item
+    @property
+    def interrupted(self) -> ServemeshError | None:
+        return self._interrupt
 
-    def wrap(self, item: Any, annotated: bool) -> Any:
-        if annotated:
-            return item if type(item) is Annotated else Annotated(item)
-        return item.data() if type(item) is Annotated else item
+    def completed(self) -> None:
+        self._outcome = "ok"
+        self._close_accounting()
+
+    async def failed(self, exc: BaseException) -> BaseException:
+        """What the caller should see for ``exc`` raised while iterating the handler."""
+        if isinstance(exc, asyncio.CancelledError):
+            task = self.task
+            if self._interrupt is not None and task is not None and task.uncancel() == 0:
+                await self.aclose()
+                return self._interrupt
+            self._close_accounting()
+            return exc
+        if isinstance(exc, GeneratorExit):
+            await self.aclose()
+            return exc
+        self._outcome = "error"
+        self._close_accounting()
+        if isinstance(exc, ServemeshError) and type(exc) in PASSTHROUGH:
+            return exc
+        if isinstance(exc, Exception):
+            return RemoteError(type(exc).__name__, str(exc), self._ep.path)
+        return exc
 
     def interrupt(self, exc: ServemeshError) -> None:
         if self._closed or self._interrupt is not None:
             return
         self._interrupt = exc
         self._ctx.stop_generating()
-        task = self._task
-        if task is not None:
-            task.cancel()  # the caller is waiting inside the handler: wake it there
+        if self.agen.ag_running and self.task is not None:  # type: ignore[attr-defined]
+            self.task.cancel()  # the caller is waiting inside the handler: wake it there
         else:
             # the handler is parked at a yield: close it now rather than when (if ever)
             # the caller asks for the next item
-            self._tasks.spawn(self._close_agen(), name=f"close {self._ep.path}")
+            self._tasks.spawn(self.aclose(), name=f"close {self._ep.path}")
 
     def cancel(self) -> None:
         self._ctx.stop_generating()
@@ -278,14 +243,11 @@ class LocalStream:
 
     async def aclose(self) -> None:
         self._ctx.stop_generating()
-        await self._close_agen()
-
-    async def _close_agen(self) -> None:
         if self._closing:
             return
         self._closing = True
         try:
-            await self._agen.aclose()  # type: ignore[attr-defined]
+            await self.agen.aclose()
         finally:
             self._close_accounting()
 

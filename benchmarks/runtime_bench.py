@@ -1,0 +1,291 @@
+"""W1-W3 of shared/benchmarks/WORKLOADS.md: servemesh (tcp, inproc) beside its baselines.
+
+    python benchmarks/runtime_bench.py               # ~8 s per measurement, medians of 3
+    python benchmarks/runtime_bench.py --duration 2  # quicker
+
+Client and servers are separate processes over loopback (a real etcd for
+discovery); inproc and bare-generator run in this process. Prints a table with
+the ratio of each servemesh row to its baseline (raw asyncio TCP for tcp, a bare
+async generator for inproc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import raw_tcp  # noqa: E402
+
+import servemesh  # noqa: E402
+from servemesh import Context, DistributedRuntime  # noqa: E402
+
+N_ITEMS = 100
+ECHO_REQ = {"id": 0, "text": "x" * 100}
+
+
+# -- the handlers, identical for every system ---------------------------------------
+async def echo(request: dict) -> dict:
+    return request
+
+
+async def stream(request: dict) -> AsyncIterator[dict]:
+    for k in range(int(request.get("n", N_ITEMS))):
+        yield {"token_ids": [k]}
+    yield {"finish_reason": "stop"}
+
+
+# -- server processes -----------------------------------------------------------------
+async def serve_worker(runtime: DistributedRuntime) -> None:
+    comp = runtime.namespace("bench").component("worker")
+    await asyncio.gather(comp.endpoint("echo").serve_endpoint(echo),
+                         comp.endpoint("stream").serve_endpoint(stream))
+
+
+async def serve_relay(runtime: DistributedRuntime) -> None:
+    client = await runtime.endpoint("bench.worker.stream").client()
+    await client.wait_for_instances(60)
+
+    async def relay(request: dict, context: Context) -> AsyncIterator[Any]:
+        async for item in client.generate(request, context=context, annotated=False):
+            yield item
+
+    await runtime.endpoint("bench.processor.relay").serve_endpoint(relay)
+
+
+# -- load generation ------------------------------------------------------------------
+Op = Callable[[], Awaitable[int]]  # one request; returns the items it received
+
+
+async def measure(op: Op, concurrency: int, duration: float, warmup: float) -> dict[str, float]:
+    latencies: list[float] = []
+    items = 0
+    ops = 0
+    recording = False
+    stop_at = 0.0
+
+    async def loop_() -> None:
+        nonlocal items, ops
+        while True:
+            t0 = time.perf_counter()
+            n = await op()
+            t1 = time.perf_counter()
+            if t1 > stop_at:
+                return
+            if recording:
+                items += n
+                ops += 1
+                if concurrency == 1:
+                    latencies.append(t1 - t0)
+
+    stop_at = time.perf_counter() + warmup
+    await asyncio.gather(*(loop_() for _ in range(concurrency)))
+    recording = True
+    start = time.perf_counter()
+    stop_at = start + duration
+    await asyncio.gather(*(loop_() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    result = {"ops/s": ops / elapsed, "items/s": items / elapsed}
+    if latencies:
+        latencies.sort()
+        result["p50_ms"] = latencies[len(latencies) // 2] * 1000
+        result["p99_ms"] = latencies[int(len(latencies) * 0.99)] * 1000
+    return result
+
+
+async def ttft(first: Callable[[], Awaitable[None]], duration: float) -> float:
+    samples: list[float] = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        await first()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1000
+
+
+def sm_ops(client: servemesh.Client, payload: Any) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    async def op() -> int:
+        n = 0
+        async for _ in client.generate(payload, annotated=False):
+            n += 1
+        return n
+
+    async def first() -> None:
+        stream = client.generate(payload, annotated=False)
+        await stream.__anext__()
+        await stream.aclose()
+
+    return op, first
+
+
+def raw_ops(client: raw_tcp.RawClient, kind: int, payload: Any) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    async def op() -> int:
+        n = 0
+        async for _ in client.call(kind, payload):
+            n += 1
+        return n
+
+    async def first() -> None:
+        s = client.call(kind, payload)
+        await s.__anext__()
+        async for _ in s:
+            pass
+
+    return op, first
+
+
+def bare_ops(handler: Callable[[Any], AsyncIterator[Any]], payload: Any) -> tuple[Op, Any]:
+    async def op() -> int:
+        n = 0
+        async for _ in handler(payload):
+            n += 1
+        return n
+
+    async def first() -> None:
+        agen = handler(payload)
+        await agen.__anext__()
+        await agen.aclose()  # type: ignore[attr-defined]
+
+    return op, first
+
+
+async def bare_echo(request: Any) -> AsyncIterator[Any]:
+    yield await echo(request)
+
+
+async def bare_relay(request: Any) -> AsyncIterator[Any]:
+    async for item in stream(request):
+        yield item
+
+
+WORKLOADS = [
+    ("W1 unary c=1", "echo", 1, "ops/s"),
+    ("W1 unary c=1 p50 ms", "echo", 1, "p50_ms"),
+    ("W1 unary c=1 p99 ms", "echo", 1, "p99_ms"),
+    ("W1 unary c=64", "echo", 64, "ops/s"),
+    ("W2 stream c=32 items/s", "stream", 32, "items/s"),
+    ("W2 TTFT c=1 p50 ms", "stream", 1, "ttft"),
+    ("W3 relay c=32 items/s", "relay", 32, "items/s"),
+]
+
+
+async def bench(args: argparse.Namespace) -> list[tuple[str, str, float]]:
+    from servemesh.testing import EtcdServer, free_port, wait_tcp
+
+    rows: list[tuple[str, str, float]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    with EtcdServer() as etcd:
+        env = dict(os.environ, SERVEMESH_ETCD=etcd.url)
+        me = [sys.executable, __file__]
+        procs.append(subprocess.Popen([*me, "--role", "worker"], env=env))
+        procs.append(subprocess.Popen([*me, "--role", "relay"], env=env))
+        raw_port, raw_relay_port = free_port(), free_port()
+        procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(raw_port)]))
+        wait_tcp("127.0.0.1", raw_port, 30)
+        procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(raw_relay_port),
+                                       "--upstream", str(raw_port)]))
+        wait_tcp("127.0.0.1", raw_relay_port, 30)
+        try:
+            async with DistributedRuntime(etcd=etcd.url) as remote, DistributedRuntime(
+                    state_dir=str(HERE / ".no-stack")) as local:
+                clients = {}
+                for name, path in (("echo", "bench.worker.echo"), ("stream", "bench.worker.stream"),
+                                   ("relay", "bench.processor.relay")):
+                    clients[name] = await remote.endpoint(path).client()
+                    await clients[name].wait_for_instances(60)
+                serving = [asyncio.create_task(local.endpoint(f"bench.local.{n}").serve_endpoint(h))
+                           for n, h in (("echo", echo), ("stream", stream))]
+                local_stream = await local.endpoint("bench.local.stream").client()
+
+                async def local_relay(request: dict, context: Context) -> AsyncIterator[Any]:
+                    async for item in local_stream.generate(request, context=context, annotated=False):
+                        yield item
+
+                serving.append(asyncio.create_task(local.endpoint("bench.local.relay").serve_endpoint(local_relay)))
+                local_clients = {}
+                for name in ("echo", "stream", "relay"):
+                    local_clients[name] = await local.endpoint(f"bench.local.{name}").client()
+                    await local_clients[name].wait_for_instances(10)
+                raw = raw_tcp.RawClient()
+                await raw.connect("127.0.0.1", raw_port)
+                raw_relay = raw_tcp.RawClient()
+                await raw_relay.connect("127.0.0.1", raw_relay_port)
+
+                payload = {"echo": ECHO_REQ, "stream": {"n": N_ITEMS}, "relay": {"n": N_ITEMS}}
+                systems: dict[str, Callable[[str], tuple[Op, Any]]] = {
+                    "servemesh tcp": lambda w: sm_ops(clients[w], payload[w]),
+                    "raw asyncio tcp": lambda w: raw_ops(raw_relay if w == "relay" else raw,
+                                                         raw_tcp.ECHO if w == "echo" else raw_tcp.STREAM,
+                                                         payload[w]),
+                    "servemesh inproc": lambda w: sm_ops(local_clients[w], payload[w]),
+                    "bare generator": lambda w: bare_ops(
+                        {"echo": bare_echo, "stream": stream, "relay": bare_relay}[w], payload[w]),
+                }
+                for label, work, conc, metric in WORKLOADS:
+                    for system, make in systems.items():
+                        op, first = make(work)
+                        values = []
+                        for _ in range(args.runs):
+                            if metric == "ttft":
+                                values.append(await ttft(first, args.duration))
+                            else:
+                                values.append((await measure(op, conc, args.duration, args.warmup))[metric])
+                        rows.append((label, system, statistics.median(values)))
+                        print(f"  {label:<26} {system:<18} {rows[-1][2]:>12,.3f}", flush=True)
+                local.request_shutdown()
+                await asyncio.gather(*serving)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(10)
+    return rows
+
+
+def table(rows: list[tuple[str, str, float]]) -> str:
+    base = {"servemesh tcp": "raw asyncio tcp", "servemesh inproc": "bare generator"}
+    values = {(w, s): v for w, s, v in rows}
+    lines = ["| workload | system | value | ratio to baseline |", "|---|---|---:|---:|"]
+    for w, s, v in rows:
+        ratio = ""
+        if s in base and (w, base[s]) in values and values[(w, base[s])]:
+            r = v / values[(w, base[s])]
+            ratio = f"{r:.2f}x" + (" (latency)" if w.endswith(" ms") else "")
+        lines.append(f"| {w} | {s} | {v:,.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--role", choices=["bench", "worker", "relay", "raw"], default="bench")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream", type=int, default=0)
+    args = parser.parse_args()
+    if args.role == "worker":
+        servemesh.run(servemesh.worker(serve_worker)())
+    elif args.role == "relay":
+        servemesh.run(servemesh.worker(serve_relay)())
+    elif args.role == "raw":
+        servemesh.run(raw_tcp.serve(args.port, ("127.0.0.1", args.upstream) if args.upstream else None))
+    else:
+        print(f"servemesh runtime benchmark: {args.runs} runs x {args.duration}s, {os.cpu_count()} cores")
+        rows = servemesh.run(bench(args))
+        print()
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
