@@ -33,6 +33,8 @@ class Item(msgspec.Struct, tag=2, array_like=True, omit_defaults=True):
     event: str | None = None
     comments: list[str] | None = None
     id: str | None = None
+    #: this item is also the end of the stream (a unary reply in one frame)
+    last: bool = False
 
 
 class End(msgspec.Struct, tag=3, array_like=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ class Context:
     request stops the downstream one, and the deadline carries over.
     """
 
-    __slots__ = ("_callbacks", "_stopped", "deadline", "id", "metadata")
+    __slots__ = ("_callbacks", "_id", "_stopped", "deadline", "metadata")
 
     def __init__(
         self,
@@ -33,12 +34,17 @@ class Context:
             raise ConfigError("give a Context either timeout= or deadline=, not both")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"Context timeout must be positive, not {timeout}")
-        self.id = id or uuid.uuid4().hex
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._id = id or _new_id()
+        self.metadata: dict[str, Any] = dict(metadata) if metadata else {}
         #: absolute ``time.monotonic()`` deadline, or ``None``.
         self.deadline = deadline if timeout is None else time.monotonic() + timeout
         self._stopped = False
         self._callbacks: list[Callable[[], None]] | None = None
+
+    @property
+    def id(self) -> str:
+        """The request id; it travels with every downstream call made with this context."""
+        return self._id
 
     def remaining(self) -> float | None:
         """Seconds until the deadline (may be negative), or ``None`` without one."""
@@ -84,5 +90,17 @@ class Context:
         return f"Context(id={self.id!r}, {state}, remaining={self.remaining()})"
 
 
+
 def _noop() -> None:
     return None
+
+
+_ids = itertools.count(1)
+_prefix: list[str] = []
+
+
+def _new_id() -> str:
+    """A process-unique id: a random per-process prefix and a counter (cheap on the hot path)."""
+    if not _prefix:
+        _prefix.append(uuid.uuid4().hex[:12])
+    return f"{_prefix[0]}-{next(_ids):x}"

@@ -232,8 +232,7 @@ class DistributedRuntime:
                     if refusal[0] == "overloaded":
                         raise Overloaded(path, served.max_concurrency)
                     raise InstanceUnavailable(record.instance_id, "in-process", refusal[1])
-                server_ctx = Context(ctx.id if ctx else None, ctx.metadata if ctx else None,
-                                     deadline=ctx.deadline if ctx else None)
+                server_ctx = Context(ctx.id, ctx.metadata, deadline=ctx.deadline) if ctx else Context()
                 return LocalStream(served, request, server_ctx, self.tasks)
         address = record.transport.get("tcp")
         if address is not None:

@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -30,6 +30,8 @@ _MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^\s`\[]+|\[\d+\])+)`")
 @dataclasses.dataclass(frozen=True)
 class AdaptedHandler:
     call: Callable[[Any, Context], AsyncIterator[Any]]
+    #: for ``async def`` handlers returning one value: awaited directly, no generator
+    unary: Callable[[Any, Context], Awaitable[Any]] | None
     validate: Validator | None
     request_schema: dict[str, Any] | None
     response_schema: dict[str, Any] | None
@@ -64,6 +66,7 @@ def adapt(handler: Handler, *, endpoint: str = "") -> AdaptedHandler:
     validate, req_schema = request_validator(req_type, endpoint)
     resp_schema = _response_schema(hints.get("return"), is_gen)
 
+    unary: Callable[[Any, Context], Awaitable[Any]] | None = None
     if is_gen:
         if wants_context:
             call = handler
@@ -71,13 +74,16 @@ def adapt(handler: Handler, *, endpoint: str = "") -> AdaptedHandler:
             def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 return handler(request)  # type: ignore[no-any-return]
     else:
-        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-            if wants_context:
-                yield await handler(request, context)
-            else:
-                yield await handler(request)
+        if wants_context:
+            unary = handler
+        else:
+            def unary(request: Any, context: Context) -> Awaitable[Any]:
+                return handler(request)  # type: ignore[no-any-return]
 
-    return AdaptedHandler(call, validate, req_schema, resp_schema, name)
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+            yield await unary(request, context)  # type: ignore[misc]
+
+    return AdaptedHandler(call, unary, validate, req_schema, resp_schema, name)
 
 
 def _hints(func: Callable[..., Any]) -> dict[str, Any]:

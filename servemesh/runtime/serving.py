@@ -8,7 +8,7 @@ import time
 from typing import Any, Protocol
 
 from ..errors import Cancelled, DeadlineExceeded, Overloaded, ServemeshError, ValidationError
-from .annotated import Annotated
+from .annotated import Annotated, unwrap
 from .context import Context
 from .handler import AdaptedHandler
 from .metrics import EndpointMetrics
@@ -32,6 +32,9 @@ class ResponseSink(Protocol):
     async def wait_credit(self) -> None: ...
 
     def end(self) -> None: ...
+
+    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
+        """Send the one item of a unary reply together with the end of the stream."""
 
     def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None: ...
 
@@ -91,6 +94,20 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
             sink.error("validation", "ValidationError", exc.message, exc.field)
             outcome = "invalid"
             return
+        unary = ep.adapted.unary
+        if unary is not None:
+            try:
+                result = await unary(request, ctx)
+                data, event, comments, id_ = unwrap(result)
+                sink.final(data, event, comments, id_)
+                outcome = "ok"
+            except asyncio.CancelledError:
+                ctx.stop_generating()
+                outcome = "cancelled"
+                raise
+            except Exception as exc:
+                _report(ep, sink, exc)
+            return
         agen = ep.adapted.call(request, ctx)
         try:
             async for item in agen:
@@ -104,15 +121,8 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
             ctx.stop_generating()
             outcome = "cancelled"
             raise
-        except ValidationError as exc:  # a handler may validate further itself
-            sink.error("validation", "ValidationError", exc.message, exc.field)
-            return
-        except ServemeshError as exc:
-            sink.error(PASSTHROUGH.get(type(exc), "remote"), type(exc).__name__, str(exc))
-            return
         except Exception as exc:
-            log.debug("handler %s raised %r", ep.path, exc, exc_info=True)
-            sink.error("remote", type(exc).__name__, str(exc))
+            _report(ep, sink, exc)
             return
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
@@ -120,3 +130,14 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
         outcome = "ok"
     finally:
         ep.leave(outcome, started)
+
+
+def _report(ep: ServedEndpoint, sink: ResponseSink, exc: Exception) -> None:
+    """Tell the caller how the handler failed."""
+    if isinstance(exc, ValidationError):  # a handler may validate further itself
+        sink.error("validation", "ValidationError", exc.message, exc.field)
+    elif isinstance(exc, ServemeshError):
+        sink.error(PASSTHROUGH.get(type(exc), "remote"), type(exc).__name__, str(exc))
+    else:
+        log.debug("handler %s raised %r", ep.path, exc, exc_info=True)
+        sink.error("remote", type(exc).__name__, str(exc))

@@ -16,6 +16,8 @@ from .framing import FramedProtocol
 
 log = logging.getLogger("servemesh.transport.tcp")
 
+_END = codec.End(0)
+
 
 class _TcpSink:
     __slots__ = ("_waiter", "conn", "credit", "expired", "sid")
@@ -46,6 +48,9 @@ class _TcpSink:
 
     def end(self) -> None:
         self.conn.write_frame(codec.End(self.sid))
+
+    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
+        self.conn.write_frame(codec.Item(self.sid, data, event, comments, id, True))
 
     def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None:
         self.conn.write_frame(codec.Error(self.sid, kind, type_, message, field))
@@ -95,7 +100,7 @@ class ServerConnection(FramedProtocol):
         if refusal is not None:
             self.write_frame(codec.Error(f.sid, refusal[0], refusal[0].title(), refusal[1]))
             return
-        ctx = Context(f.request_id, f.metadata,
+        ctx = Context(f.request_id or None, f.metadata,
                       timeout=None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000)
         sink = _TcpSink(self, f.sid, max(f.window, 1))
         task = self._loop.create_task(self._run(ep, f.payload, ctx, sink, f.timeout_ms))
@@ -205,9 +210,15 @@ class ClientConnection(FramedProtocol):
     def frame_received(self, frame: codec.Frame) -> None:
         ft = type(frame)
         if ft is codec.Item:
-            stream = self._streams.get(frame.sid)
-            if stream is not None:
-                stream.push(frame)  # type: ignore[arg-type]
+            if frame.last:  # type: ignore[union-attr]
+                stream = self._streams.pop(frame.sid, None)
+                if stream is not None:
+                    stream.push(frame)  # type: ignore[arg-type]
+                    stream.finish(_END)
+            else:
+                stream = self._streams.get(frame.sid)
+                if stream is not None:
+                    stream.push(frame)  # type: ignore[arg-type]
         elif ft is codec.End or ft is codec.Error:
             stream = self._streams.pop(frame.sid, None)
             if stream is not None:
