@@ -153,7 +153,7 @@ class Client:
         live = self._live()
         if pinned is not None:
             return self._instances.get(pinned) if pinned not in exclude else None
-        candidates = [i for i in live if i not in exclude]
+        candidates = [i for i in live if i not in exclude] if exclude else list(live)
         if not candidates:
             return None
         return live[router.choose(candidates, self._load)]
@@ -161,6 +161,12 @@ class Client:
     async def _connect(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source:
         source = await self.runtime._open(record, request, ctx)
         self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
+        return source
+
+    def _connect_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source | None:
+        source = self.runtime._open_nowait(record, request, ctx)
+        if source is not None:
+            self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
 
     def _release(self, instance_id: int) -> None:
@@ -309,7 +315,8 @@ class ResponseStream:
                 raise await client._no_instances()
             self._tried.add(record.instance_id)
             try:
-                src = await client._connect(record, self._request, ctx)
+                src = client._connect_nowait(record, self._request, ctx) or await client._connect(
+                    record, self._request, ctx)
             except InstanceUnavailable as exc:
                 client.quarantine(record.instance_id)
                 last_error = exc

@@ -221,6 +221,18 @@ class DistributedRuntime:
         self._clients.add(client)
         return client
 
+    def _open_nowait(self, record: InstanceRecord, request: Any,
+                     ctx: Context | None) -> RemoteStream | None:
+        """The common case without a coroutine: a remote instance whose connection is up."""
+        if record.instance_id != self.instance_id:
+            address = record.transport.get("tcp")
+            if address is not None:
+                conn = self._tcp_pool.get_nowait(address)
+                if conn is not None:
+                    return conn.open_stream(record.path, request, ctx, self.settings.stream_window,
+                                            record.instance_id)
+        return None
+
     async def _open(self, record: InstanceRecord, request: Any,
                     ctx: Context | None) -> RemoteStream | LocalStream:
         path = record.path

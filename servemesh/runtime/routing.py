@@ -24,6 +24,9 @@ class RoundRobin:
         self._last: int | None = None
 
     def choose(self, candidates: Sequence[int], load: Mapping[int, int]) -> int:
+        if len(candidates) == 1:
+            self._last = candidates[0]
+            return candidates[0]
         ordered = sorted(candidates)
         last = self._last
         pick = ordered[0]

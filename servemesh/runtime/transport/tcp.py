@@ -249,6 +249,10 @@ class TcpClientPool:
         self._conns: dict[str, ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
 
+    def get_nowait(self, address: str) -> ClientConnection | None:
+        conn = self._conns.get(address)
+        return conn if conn is not None and not conn.closed else None
+
     async def get(self, address: str, instance_id: int) -> ClientConnection:
         conn = self._conns.get(address)
         if conn is not None and not conn.closed:
