@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -38,8 +39,10 @@ def nats() -> Iterator[object]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """A namespace unique to the test, so tests sharing one etcd never meet."""
-    name = request.node.name.replace("[", "-").replace("]", "").replace(".", "-")
-    return ("t-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name))[:60]
+    name = request.node.name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return f"t-{clean[:40]}-{digest}"
 
 
 @pytest.fixture

@@ -165,3 +165,12 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes of an incomplete frame held back."""
         return len(self._buf)
+
+
+def decode_all(data: bytes, limit: int) -> list[Frame]:
+    """Decode a message that holds whole frames only (one NATS message, say)."""
+    decoder = FrameDecoder(limit)
+    frames = decoder.feed(data)
+    if decoder.pending:
+        raise ProtocolError(f"truncated frame: {decoder.pending} trailing bytes")
+    return frames

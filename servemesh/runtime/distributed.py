@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from ..config import Settings
-from ..errors import InstanceUnavailable, Overloaded, ServemeshError
+from ..errors import ConfigError, InstanceUnavailable, Overloaded, ServemeshError
 from .client import Client
 from .component import Component, Endpoint, Namespace
 from .context import Context
@@ -19,6 +19,8 @@ from .records import InstanceRecord, split_path
 from .serving import ServedEndpoint
 from .stream import LocalStream, RemoteStream
 from .tasks import TaskSet
+from .transport import nats as nats_transport
+from .transport.nats import NatsClientPlane, NatsServerPlane
 from .transport.tcp import TcpClientPool, TcpServer
 
 log = logging.getLogger("servemesh.runtime")
@@ -48,6 +50,9 @@ class DistributedRuntime:
         self._clients: set[Client] = set()
         self._tcp_server: TcpServer | None = None
         self._tcp_pool = TcpClientPool(limit=settings.max_payload, connect_timeout=settings.connect_timeout)
+        self._nats: Any = None  # one NATS connection, opened on first need
+        self._nats_server: NatsServerPlane | None = None
+        self._nats_client: NatsClientPlane | None = None
         self._plane_lock = asyncio.Lock()
         self._started = False
         self._stopping = asyncio.Event()
@@ -140,6 +145,16 @@ class DistributedRuntime:
             if self._tcp_server is not None:
                 await self._tcp_server.close()
             await self._tcp_pool.close()
+            if self._nats_server is not None:
+                await self._nats_server.close()
+            if self._nats_client is not None:
+                await self._nats_client.close()
+            if self._nats is not None:
+                try:
+                    await asyncio.wait_for(self._nats.drain(), self.settings.connect_timeout)
+                except Exception as exc:
+                    log.debug("nats drain: %r", exc)
+                    await self._nats.close()
             await self.tasks.close()
             if self._started:
                 await self.discovery.close()
@@ -156,10 +171,25 @@ class DistributedRuntime:
         return Component(Namespace(self, ns), comp).endpoint(ep)
 
     # -- serving -----------------------------------------------------------------------
+    async def _nats_connection(self) -> Any:
+        async with self._plane_lock:
+            if self._nats is None:
+                if not self.settings.nats:
+                    raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
+                name = f"servemesh-{self.instance_id:x}"
+                timeout = self.settings.connect_timeout
+                self._nats = await nats_transport.connect(self.settings.nats, name, timeout)
+            return self._nats
+
     async def _ensure_request_plane(self) -> dict[str, str]:
         await self.start()
         if self.embedded:
             return {"inproc": f"{self.instance_id:x}"}
+        if self.settings.transport == "nats":
+            nc = await self._nats_connection()
+            if self._nats_server is None:
+                self._nats_server = NatsServerPlane(nc, self._served, self.settings.max_payload)
+            return {"nats_tcp": ""}
         async with self._plane_lock:
             if self._tcp_server is None:
                 s = self.settings
@@ -178,6 +208,9 @@ class DistributedRuntime:
             raise ServemeshError(f"cannot serve {path}: the runtime is shutting down")
         adapted = adapt(handler, endpoint=path)
         transport = await self._ensure_request_plane()
+        if "nats_tcp" in transport:
+            transport = {"nats_tcp": nats_transport.instance_subject(
+                endpoint.namespace, endpoint.component, endpoint.name, self.instance_id)}
         record = InstanceRecord(
             component=endpoint.component, endpoint=endpoint.name, namespace=endpoint.namespace,
             instance_id=self.instance_id, transport=transport, capabilities=dict(capabilities or {}),
@@ -186,9 +219,13 @@ class DistributedRuntime:
         served = ServedEndpoint(path, adapted, self.settings.max_concurrency, self.metrics.endpoint(path))
         self._served[path] = served  # callable first ...
         try:
+            if self._nats_server is not None and "nats_tcp" in transport:
+                await self._nats_server.add(path, transport["nats_tcp"])
             await self.discovery.register(record)  # ... then visible
         except BaseException:
             del self._served[path]
+            if self._nats_server is not None:
+                await self._nats_server.remove(path)
             raise
         self._records[path] = record
         log.info("serving %s (instance %x, %s)", path, self.instance_id,
@@ -203,6 +240,8 @@ class DistributedRuntime:
         finally:
             record = self._records.pop(path, record)
             await asyncio.shield(self._unregister_quietly(record))
+            if self._nats_server is not None and not self.is_stopping:
+                await self._nats_server.remove(path)
             served.accepting = False
             if not self.is_stopping:
                 self._served.pop(path, None)
@@ -250,6 +289,21 @@ class DistributedRuntime:
         if address is not None:
             conn = await self._tcp_pool.get(address, record.instance_id)
             return conn.open_stream(path, request, ctx, self.settings.stream_window, record.instance_id)
+        subject = record.transport.get("nats_tcp")
+        if subject is not None:
+            if not self.settings.nats:
+                raise InstanceUnavailable(record.instance_id, record.address,
+                                          "it serves over NATS and this process has no SERVEMESH_NATS")
+            plane = self._nats_client
+            if plane is None:
+                nc = await self._nats_connection()
+                if self._nats_client is None:
+                    plane = NatsClientPlane(nc, self.settings.max_payload, probe_interval=1.0)
+                    await plane.start()
+                    self._nats_client = plane
+                plane = self._nats_client
+            return plane.open_stream(subject, path, request, ctx, self.settings.stream_window,
+                                     record.instance_id)
         raise InstanceUnavailable(record.instance_id, record.address,
                                   f"no transport this process can use ({', '.join(record.transport)})")
 

@@ -1,4 +1,4 @@
-"""Worker processes over TCP, discovered through a real etcd."""
+"""Worker processes discovered through a real etcd, over each transport (TCP and NATS)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,17 @@ from servemesh.errors import FrameTooLarge
 WORKER = Path(__file__).with_name("stream_worker.py")
 
 
-async def start_workers(spawn, etcd, namespace: str, count: int, rt: DistributedRuntime):
-    procs = [spawn(WORKER, namespace, env={"SERVEMESH_ETCD": etcd.url, "SERVEMESH_LEASE_TTL": "3"},
-                   name="worker") for _ in range(count)]
+@pytest.fixture(params=["tcp", "nats"])
+def plane(request, etcd, nats):
+    """Settings for the workers and the test's client runtime, one transport each run."""
+    base = {"etcd": etcd.url, "nats": nats.url}
+    env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_NATS": nats.url, "SERVEMESH_LEASE_TTL": "3",
+           "SERVEMESH_TRANSPORT": request.param}
+    return {"name": request.param, "client": base, "env": env}
+
+
+async def start_workers(spawn, plane, namespace: str, count: int, rt: DistributedRuntime):
+    procs = [spawn(WORKER, namespace, env=plane["env"], name="worker") for _ in range(count)]
     client = await rt.namespace(namespace).component("worker").endpoint("stream").client()
     async with asyncio.timeout(30):
         while len(client.instance_ids()) < count:
@@ -34,9 +42,9 @@ async def start_workers(spawn, etcd, namespace: str, count: int, rt: Distributed
     return procs, client
 
 
-async def test_concurrent_streams_arrive_complete_and_in_order(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 2, rt)
+async def test_concurrent_streams_arrive_complete_and_in_order(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 2, rt)
 
         async def one(i: int) -> tuple[list[int], int]:
             ks, pids = [], set()
@@ -54,9 +62,9 @@ async def test_concurrent_streams_arrive_complete_and_in_order(spawn, etcd, name
         assert len({pid for _, pid in results}) == 2  # round robin used both workers
 
 
-async def test_kill_9_mid_stream_fails_its_streams_and_routes_to_survivor(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        procs, client = await start_workers(spawn, etcd, namespace, 2, rt)
+async def test_kill_9_mid_stream_fails_its_streams_and_routes_to_survivor(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        procs, client = await start_workers(spawn, plane, namespace, 2, rt)
         victim = procs[0]
         streams = [client.generate({"n": 50, "delay": 0.02}) for _ in range(10)]
         seen: list[list[int]] = [[] for _ in streams]
@@ -91,9 +99,9 @@ async def test_kill_9_mid_stream_fails_its_streams_and_routes_to_survivor(spawn,
         assert victim.pid not in {i.id for i in client.instances()}
 
 
-async def test_closing_the_stream_cancels_the_remote_handler(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_closing_the_stream_cancels_the_remote_handler(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
         stats = await rt.namespace(namespace).component("worker").endpoint("stats").client()
         await stats.wait_for_instances(10)
         stream = await client.generate({"n": 1000, "delay": 0.01})
@@ -111,9 +119,9 @@ async def test_closing_the_stream_cancels_the_remote_handler(spawn, etcd, namesp
         assert state["stopped_seen"] == 1  # the handler's context was stopped too
 
 
-async def test_breaking_out_of_the_loop_cancels_the_handler(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_breaking_out_of_the_loop_cancels_the_handler(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
         stats = await rt.namespace(namespace).component("worker").endpoint("stats").client()
         await stats.wait_for_instances(10)
         async for item in client.generate({"n": 1000, "delay": 0.01}):
@@ -124,11 +132,11 @@ async def test_breaking_out_of_the_loop_cancels_the_handler(spawn, etcd, namespa
                 pass
 
 
-async def test_stopping_the_context_cancels_the_remote_handler(spawn, etcd, namespace):
+async def test_stopping_the_context_cancels_the_remote_handler(spawn, etcd, plane, namespace):
     from servemesh import Cancelled
 
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 1, rt)
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
         stats = await rt.namespace(namespace).component("worker").endpoint("stats").client()
         await stats.wait_for_instances(10)
         ctx = Context()
@@ -143,9 +151,9 @@ async def test_stopping_the_context_cancels_the_remote_handler(spawn, etcd, name
                 pass
 
 
-async def test_handler_exception_is_a_remote_error(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_handler_exception_is_a_remote_error(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        await start_workers(spawn, plane, namespace, 1, rt)
         fail = await rt.endpoint(f"{namespace}.worker.fail").client()
         await fail.wait_for_instances(10)
         with pytest.raises(RemoteError) as info:
@@ -155,9 +163,9 @@ async def test_handler_exception_is_a_remote_error(spawn, etcd, namespace):
         assert "cannot handle x=5" in str(info.value)
 
 
-async def test_invalid_request_is_a_validation_error_naming_the_field(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_invalid_request_is_a_validation_error_naming_the_field(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        await start_workers(spawn, plane, namespace, 1, rt)
         typed = await rt.endpoint(f"{namespace}.worker.typed").client()
         await typed.wait_for_instances(10)
         with pytest.raises(ValidationError) as info:
@@ -173,9 +181,9 @@ async def test_invalid_request_is_a_validation_error_naming_the_field(spawn, etc
         assert items == [{"echo": "hi", "max_tokens": 2}]
 
 
-async def test_deadline_propagates_to_the_worker(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_deadline_propagates_to_the_worker(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
         got = 0
         with pytest.raises(DeadlineExceeded):
             async for _ in client.generate({"n": 1000, "delay": 0.01}, context=Context(timeout=0.3)):
@@ -183,9 +191,9 @@ async def test_deadline_propagates_to_the_worker(spawn, etcd, namespace):
         assert 0 < got < 1000
 
 
-async def test_oversized_payloads_give_typed_errors_and_leave_the_worker_healthy(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url, max_payload=64 * 1024) as rt:
-        await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_oversized_payloads_give_typed_errors_and_leave_the_worker_healthy(spawn, plane, namespace):
+    async with DistributedRuntime(**plane["client"], max_payload=64 * 1024) as rt:
+        await start_workers(spawn, plane, namespace, 1, rt)
         big = await rt.endpoint(f"{namespace}.worker.big").client()
         await big.wait_for_instances(10)
         with pytest.raises(FrameTooLarge) as info:
@@ -199,9 +207,9 @@ async def test_oversized_payloads_give_typed_errors_and_leave_the_worker_healthy
         assert items == [{"blob": "x" * 10}]
 
 
-async def test_registration_has_the_documented_key_and_value(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        _, client = await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_registration_has_the_documented_key_and_value(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
         (iid,) = client.instance_ids()
         out = etcd.etcdctl("get", "--prefix", f"instances/{namespace}/worker/stream")
         key, value = out.strip().split("\n", 1)
@@ -211,16 +219,19 @@ async def test_registration_has_the_documented_key_and_value(spawn, etcd, namesp
         assert record["component"] == "worker"
         assert record["endpoint"] == "stream"
         assert record["instance_id"] == iid
-        host, port = record["transport"]["tcp"].rsplit(":", 1)
-        assert host == "127.0.0.1" and int(port) > 0
+        if plane["name"] == "tcp":
+            host, port = record["transport"]["tcp"].rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) > 0
+        else:
+            assert record["transport"] == {"nats_tcp": f"{namespace}_worker.stream-{iid:x}"}
         typed = etcd.etcdctl("get", "--print-value-only", f"instances/{namespace}/worker/typed:{iid:x}")
         schema = json.loads(typed)["schema"]["request"]
         assert schema["required"] == ["prompt", "max_tokens"]
 
 
-async def test_sigterm_drains_in_flight_streams_and_leaves_discovery(spawn, etcd, namespace):
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        procs, client = await start_workers(spawn, etcd, namespace, 1, rt)
+async def test_sigterm_drains_in_flight_streams_and_leaves_discovery(spawn, etcd, plane, namespace):
+    async with DistributedRuntime(**plane["client"]) as rt:
+        procs, client = await start_workers(spawn, plane, namespace, 1, rt)
         streams = [await client.generate({"n": 40, "delay": 0.025}) for _ in range(5)]
         first = [await s.__anext__() for s in streams]
         assert len(first) == 5
