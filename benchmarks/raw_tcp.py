@@ -66,7 +66,7 @@ class Conn(asyncio.Protocol):
 
 
 class RawStream:
-    __slots__ = ("items", "waiter", "done")
+    __slots__ = ("done", "items", "waiter")
 
     def __init__(self) -> None:
         self.items: collections.deque[Any] = collections.deque()

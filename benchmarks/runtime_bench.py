@@ -1,12 +1,12 @@
-"""W1-W3 of shared/benchmarks/WORKLOADS.md: servemesh (tcp, inproc) beside its baselines.
+"""W1-W3 of shared/benchmarks/WORKLOADS.md: servemesh (tcp, nats, inproc) beside its baselines.
 
     python benchmarks/runtime_bench.py               # ~8 s per measurement, medians of 3
     python benchmarks/runtime_bench.py --duration 2  # quicker
 
 Client and servers are separate processes over loopback (a real etcd for
-discovery); inproc and bare-generator run in this process. Prints a table with
-the ratio of each servemesh row to its baseline (raw asyncio TCP for tcp, a bare
-async generator for inproc).
+discovery, a real nats-server); inproc and bare-generator run in this process.
+Prints a table with the ratio of each servemesh row to its baseline (raw asyncio
+TCP for tcp, raw nats-py for nats, a bare async generator for inproc).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import raw_nats  # noqa: E402
 import raw_tcp  # noqa: E402
 
 import servemesh  # noqa: E402
 from servemesh import Context, DistributedRuntime  # noqa: E402
 
 N_ITEMS = 100
+RAW_NATS_SUBJECT = "rawbench.echo"
 ECHO_REQ = {"id": 0, "text": "x" * 100}
 
 
@@ -46,21 +48,25 @@ async def stream(request: dict) -> AsyncIterator[dict]:
 
 
 # -- server processes -----------------------------------------------------------------
+def _ns() -> str:
+    return os.environ.get("BENCH_NS", "bench")
+
+
 async def serve_worker(runtime: DistributedRuntime) -> None:
-    comp = runtime.namespace("bench").component("worker")
+    comp = runtime.namespace(_ns()).component("worker")
     await asyncio.gather(comp.endpoint("echo").serve_endpoint(echo),
                          comp.endpoint("stream").serve_endpoint(stream))
 
 
 async def serve_relay(runtime: DistributedRuntime) -> None:
-    client = await runtime.endpoint("bench.worker.stream").client()
+    client = await runtime.endpoint(f"{_ns()}.worker.stream").client()
     await client.wait_for_instances(60)
 
     async def relay(request: dict, context: Context) -> AsyncIterator[Any]:
         async for item in client.generate(request, context=context, annotated=False):
             yield item
 
-    await runtime.endpoint("bench.processor.relay").serve_endpoint(relay)
+    await runtime.endpoint(f"{_ns()}.processor.relay").serve_endpoint(relay)
 
 
 # -- load generation ------------------------------------------------------------------
@@ -179,81 +185,128 @@ WORKLOADS = [
 ]
 
 
-async def bench(args: argparse.Namespace) -> list[tuple[str, str, float]]:
-    from servemesh.testing import EtcdServer, free_port, wait_tcp
+class Stack:
+    """etcd, nats-server and every server process of the run; started before the loop."""
 
-    rows: list[tuple[str, str, float]] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    with EtcdServer() as etcd:
-        env = dict(os.environ, SERVEMESH_ETCD=etcd.url)
+    def __init__(self) -> None:
+        from servemesh.testing import EtcdServer, NatsServer, free_port, wait_tcp
+
+        self.etcd = EtcdServer()
+        self.nats = NatsServer()
+        self.etcd.start()
+        self.nats.start()
         me = [sys.executable, __file__]
-        procs.append(subprocess.Popen([*me, "--role", "worker"], env=env))
-        procs.append(subprocess.Popen([*me, "--role", "relay"], env=env))
-        raw_port, raw_relay_port = free_port(), free_port()
-        procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(raw_port)]))
-        wait_tcp("127.0.0.1", raw_port, 30)
-        procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(raw_relay_port),
-                                       "--upstream", str(raw_port)]))
-        wait_tcp("127.0.0.1", raw_relay_port, 30)
-        try:
-            async with DistributedRuntime(etcd=etcd.url) as remote, DistributedRuntime(
-                    state_dir=str(HERE / ".no-stack")) as local:
-                clients = {}
-                for name, path in (("echo", "bench.worker.echo"), ("stream", "bench.worker.stream"),
-                                   ("relay", "bench.processor.relay")):
-                    clients[name] = await remote.endpoint(path).client()
-                    await clients[name].wait_for_instances(60)
-                serving = [asyncio.create_task(local.endpoint(f"bench.local.{n}").serve_endpoint(h))
-                           for n, h in (("echo", echo), ("stream", stream))]
-                local_stream = await local.endpoint("bench.local.stream").client()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for transport in ("tcp", "nats"):
+            env = dict(os.environ, SERVEMESH_ETCD=self.etcd.url, SERVEMESH_NATS=self.nats.url,
+                       SERVEMESH_TRANSPORT=transport, BENCH_NS=f"bench{transport}")
+            self.procs.append(subprocess.Popen([*me, "--role", "worker"], env=env))
+            self.procs.append(subprocess.Popen([*me, "--role", "relay"], env=env))
+        self.raw_port, self.raw_relay_port = free_port(), free_port()
+        self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(self.raw_port)]))
+        wait_tcp("127.0.0.1", self.raw_port, 30)
+        self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(self.raw_relay_port),
+                                            "--upstream", str(self.raw_port)]))
+        wait_tcp("127.0.0.1", self.raw_relay_port, 30)
+        self.procs.append(subprocess.Popen([*me, "--role", "raw-nats", "--nats", self.nats.url]))
 
-                async def local_relay(request: dict, context: Context) -> AsyncIterator[Any]:
-                    async for item in local_stream.generate(request, context=context, annotated=False):
-                        yield item
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+        self.nats.stop()
+        self.etcd.stop()
 
-                serving.append(asyncio.create_task(local.endpoint("bench.local.relay").serve_endpoint(local_relay)))
-                local_clients = {}
-                for name in ("echo", "stream", "relay"):
-                    local_clients[name] = await local.endpoint(f"bench.local.{name}").client()
-                    await local_clients[name].wait_for_instances(10)
-                raw = raw_tcp.RawClient()
-                await raw.connect("127.0.0.1", raw_port)
-                raw_relay = raw_tcp.RawClient()
-                await raw_relay.connect("127.0.0.1", raw_relay_port)
 
-                payload = {"echo": ECHO_REQ, "stream": {"n": N_ITEMS}, "relay": {"n": N_ITEMS}}
-                systems: dict[str, Callable[[str], tuple[Op, Any]]] = {
-                    "servemesh tcp": lambda w: sm_ops(clients[w], payload[w]),
-                    "raw asyncio tcp": lambda w: raw_ops(raw_relay if w == "relay" else raw,
-                                                         raw_tcp.ECHO if w == "echo" else raw_tcp.STREAM,
-                                                         payload[w]),
-                    "servemesh inproc": lambda w: sm_ops(local_clients[w], payload[w]),
-                    "bare generator": lambda w: bare_ops(
-                        {"echo": bare_echo, "stream": stream, "relay": bare_relay}[w], payload[w]),
-                }
-                for label, work, conc, metric in WORKLOADS:
-                    for system, make in systems.items():
-                        op, first = make(work)
-                        values = []
-                        for _ in range(args.runs):
-                            if metric == "ttft":
-                                values.append(await ttft(first, args.duration))
-                            else:
-                                values.append((await measure(op, conc, args.duration, args.warmup))[metric])
-                        rows.append((label, system, statistics.median(values)))
-                        print(f"  {label:<26} {system:<18} {rows[-1][2]:>12,.3f}", flush=True)
-                local.request_shutdown()
-                await asyncio.gather(*serving)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(10)
+async def bench(args: argparse.Namespace, stack: Stack) -> list[tuple[str, str, float]]:
+    rows: list[tuple[str, str, float]] = []
+    async with DistributedRuntime(etcd=stack.etcd.url, nats=stack.nats.url) as remote, DistributedRuntime(
+            state_dir=str(HERE / ".no-stack")) as local:
+        clients: dict[str, dict[str, servemesh.Client]] = {"tcp": {}, "nats": {}}
+        for transport, by_name in clients.items():
+            for name, path in (("echo", "worker.echo"), ("stream", "worker.stream"), ("relay", "processor.relay")):
+                by_name[name] = await remote.endpoint(f"bench{transport}.{path}").client()
+                await by_name[name].wait_for_instances(60)
+        serving = [asyncio.create_task(local.endpoint(f"bench.local.{n}").serve_endpoint(h))
+                   for n, h in (("echo", echo), ("stream", stream))]
+        local_stream = await local.endpoint("bench.local.stream").client()
+
+        async def local_relay(request: dict, context: Context) -> AsyncIterator[Any]:
+            async for item in local_stream.generate(request, context=context, annotated=False):
+                yield item
+
+        serving.append(asyncio.create_task(local.endpoint("bench.local.relay").serve_endpoint(local_relay)))
+        local_clients = {}
+        for name in ("echo", "stream", "relay"):
+            local_clients[name] = await local.endpoint(f"bench.local.{name}").client()
+            await local_clients[name].wait_for_instances(10)
+        raw = raw_tcp.RawClient()
+        await raw.connect("127.0.0.1", stack.raw_port)
+        raw_relay = raw_tcp.RawClient()
+        await raw_relay.connect("127.0.0.1", stack.raw_relay_port)
+        rawn = raw_nats.RawNatsClient(RAW_NATS_SUBJECT)
+        await rawn.connect(stack.nats.url)
+
+        payload = {"echo": ECHO_REQ, "stream": {"n": N_ITEMS}, "relay": {"n": N_ITEMS}}
+        systems: dict[str, Callable[[str], tuple[Op, Any] | None]] = {
+            "servemesh tcp": lambda w: sm_ops(clients["tcp"][w], payload[w]),
+            "raw asyncio tcp": lambda w: raw_ops(raw_relay if w == "relay" else raw,
+                                                 raw_tcp.ECHO if w == "echo" else raw_tcp.STREAM, payload[w]),
+            "servemesh nats": lambda w: sm_ops(clients["nats"][w], payload[w]),
+            "raw nats-py": lambda w: None if w == "relay" else raw_nats_ops(rawn, w, payload[w]),
+            "servemesh inproc": lambda w: sm_ops(local_clients[w], payload[w]),
+            "bare generator": lambda w: bare_ops(
+                {"echo": bare_echo, "stream": stream, "relay": bare_relay}[w], payload[w]),
+        }
+        for label, work, conc, metric in WORKLOADS:
+            for system, make in systems.items():
+                ops = make(work)
+                if ops is None:
+                    continue
+                op, first = ops
+                values = []
+                for _ in range(args.runs):
+                    if metric == "ttft":
+                        values.append(await ttft(first, args.duration))
+                    else:
+                        values.append((await measure(op, conc, args.duration, args.warmup))[metric])
+                rows.append((label, system, statistics.median(values)))
+                print(f"  {label:<26} {system:<18} {rows[-1][2]:>14,.3f}", flush=True)
+        local.request_shutdown()
+        await asyncio.gather(*serving)
     return rows
 
 
+def raw_nats_ops(client: raw_nats.RawNatsClient, work: str, payload: Any) -> tuple[Op, Any]:
+    if work == "echo":
+        async def op() -> int:
+            await client.echo(payload)
+            return 1
+
+        async def first() -> None:
+            await client.echo(payload)
+
+        return op, first
+
+    async def op_stream() -> int:
+        n = 0
+        async for _ in await client.stream(payload):
+            n += 1
+        return n
+
+    async def first_stream() -> None:
+        s = await client.stream(payload)
+        await s.__anext__()
+        async for _ in s:
+            pass
+
+    return op_stream, first_stream
+
+
 def table(rows: list[tuple[str, str, float]]) -> str:
-    base = {"servemesh tcp": "raw asyncio tcp", "servemesh inproc": "bare generator"}
+    base = {"servemesh tcp": "raw asyncio tcp", "servemesh nats": "raw nats-py",
+            "servemesh inproc": "bare generator"}
     values = {(w, s): v for w, s, v in rows}
     lines = ["| workload | system | value | ratio to baseline |", "|---|---|---:|---:|"]
     for w, s, v in rows:
@@ -270,7 +323,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--role", choices=["bench", "worker", "relay", "raw"], default="bench")
+    parser.add_argument("--role", choices=["bench", "worker", "relay", "raw", "raw-nats"], default="bench")
+    parser.add_argument("--nats", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", type=int, default=0)
     args = parser.parse_args()
@@ -280,9 +334,15 @@ def main() -> None:
         servemesh.run(servemesh.worker(serve_relay)())
     elif args.role == "raw":
         servemesh.run(raw_tcp.serve(args.port, ("127.0.0.1", args.upstream) if args.upstream else None))
+    elif args.role == "raw-nats":
+        servemesh.run(raw_nats.serve(args.nats, RAW_NATS_SUBJECT))
     else:
         print(f"servemesh runtime benchmark: {args.runs} runs x {args.duration}s, {os.cpu_count()} cores")
-        rows = servemesh.run(bench(args))
+        stack = Stack()
+        try:
+            rows = servemesh.run(bench(args, stack))
+        finally:
+            stack.close()
         print()
         print(table(rows))
 

@@ -69,3 +69,4 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
 def read_log(proc: subprocess.Popen[bytes]) -> str:
     return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+

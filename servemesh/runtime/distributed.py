@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import ConfigError, InstanceUnavailable, Overloaded, ServemeshError
@@ -18,10 +18,13 @@ from .metrics import RuntimeMetrics
 from .records import InstanceRecord, split_path
 from .serving import ServedEndpoint
 from .stream import LocalStream, RemoteStream
-from .tasks import TaskSet
+from .tasks import TaskSet, within
 from .transport import nats as nats_transport
 from .transport.nats import NatsClientPlane, NatsServerPlane
 from .transport.tcp import TcpClientPool, TcpServer
+
+if TYPE_CHECKING:
+    from ..http import HttpServer
 
 log = logging.getLogger("servemesh.runtime")
 
@@ -53,6 +56,7 @@ class DistributedRuntime:
         self._nats: Any = None  # one NATS connection, opened on first need
         self._nats_server: NatsServerPlane | None = None
         self._nats_client: NatsClientPlane | None = None
+        self._system: HttpServer | None = None
         self._plane_lock = asyncio.Lock()
         self._started = False
         self._stopping = asyncio.Event()
@@ -79,12 +83,24 @@ class DistributedRuntime:
     def instance_id(self) -> int:
         return self.discovery.instance_id
 
+    @property
+    def system_url(self) -> str | None:
+        """Base URL of this process's /health and /metrics server, if enabled."""
+        return None if self._system is None else self._system.url
+
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> DistributedRuntime:
         if self._started:
             return self
         await self.discovery.start()
         self._started = True
+        if self.settings.system_port is not None:
+            from ..http import HttpServer
+            from .system import system_app
+
+            self._system = HttpServer(system_app(self), self.settings.host, self.settings.system_port)
+            self._system.start()
+            log.info("system port: %s (/health /live /ready /metrics)", self._system.url)
         if self.embedded:
             log.info("servemesh runtime is embedded (in-memory discovery, in-process calls); "
                      "to go multi-process run `servemesh up` or set SERVEMESH_ETCD")
@@ -136,7 +152,7 @@ class DistributedRuntime:
             if graceful and self._served:
                 pending = [s.drained() for s in self._served.values()]
                 try:
-                    await asyncio.wait_for(asyncio.gather(*pending), self.settings.drain_timeout)
+                    await within(asyncio.gather(*pending), self.settings.drain_timeout)
                 except TimeoutError:
                     log.warning("drain timeout (%ss): cancelling streams still in flight",
                                 self.settings.drain_timeout)
@@ -151,11 +167,13 @@ class DistributedRuntime:
                 await self._nats_client.close()
             if self._nats is not None:
                 try:
-                    await asyncio.wait_for(self._nats.drain(), self.settings.connect_timeout)
+                    await within(self._nats.drain(), self.settings.connect_timeout)
                 except Exception as exc:
                     log.debug("nats drain: %r", exc)
                     await self._nats.close()
             await self.tasks.close()
+            if self._system is not None:
+                await self._system.stop()
             if self._started:
                 await self.discovery.close()
         finally:
@@ -234,7 +252,7 @@ class DistributedRuntime:
             await self._stopping.wait()
             if graceful:
                 try:
-                    await asyncio.wait_for(served.drained(), self.settings.drain_timeout)
+                    await within(served.drained(), self.settings.drain_timeout)
                 except TimeoutError:
                     pass
         finally:

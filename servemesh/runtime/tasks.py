@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger("servemesh.runtime")
+
+T = TypeVar("T")
 
 
 class TaskSet:
@@ -47,8 +49,24 @@ class TaskSet:
     async def close(self) -> None:
         """Cancel every task and wait for all of them, even if the caller is cancelled."""
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        if self._tasks:
+            await asyncio.shield(self._cancel_all())
+
+    async def _cancel_all(self) -> None:
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            # a task that swallowed its cancellation is cancelled again, not waited on forever
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+            for task in pending:
+                log.warning("task %s of %s ignored cancellation; cancelling again", task.get_name(), self._name)
+
+
+async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
+    """``await awaitable`` with a time limit (``TimeoutError``).
+
+    Used instead of ``asyncio.wait_for``, which on Python 3.11 can lose a
+    cancellation that arrives as the inner call completes."""
+    async with asyncio.timeout(seconds):
+        return await awaitable

@@ -18,12 +18,21 @@ from urllib.parse import urlsplit
 
 from ...errors import ConfigError, DiscoveryError
 from ..records import InstanceRecord
-from ..tasks import TaskSet
+from ..tasks import TaskSet, within
 from .base import WatchSink
 
 log = logging.getLogger("servemesh.discovery")
 
 _RETRY = 0.5
+
+# A channel of its own (gRPC otherwise shares a process-wide subchannel, still in
+# back-off after an etcd restart), and quick reconnects once etcd is back.
+_GRPC_OPTIONS = {
+    "grpc.use_local_subchannel_pool": 1,
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
 
 
 def _aetcd() -> Any:
@@ -78,9 +87,9 @@ class EtcdDiscovery:
 
     async def start(self) -> None:
         aetcd = _aetcd()
-        self._client = aetcd.Client(host=self._host, port=self._port, timeout=self._timeout)
+        self._client = aetcd.Client(host=self._host, port=self._port, timeout=self._timeout, options=_GRPC_OPTIONS)
         try:
-            lease = await asyncio.wait_for(self._client.lease(self._ttl), self._timeout)
+            lease = await within(self._client.lease(self._ttl), self._timeout)
         except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             await self._client.close()
             raise DiscoveryError(
@@ -96,7 +105,7 @@ class EtcdDiscovery:
         if self._client is None:
             return
         try:
-            await asyncio.wait_for(self._client.revoke_lease(self._lease_id), self._timeout)
+            await within(self._client.revoke_lease(self._lease_id), self._timeout)
         except Exception as exc:  # etcd gone: the lease expires by itself
             log.warning("could not revoke lease %x (%r); its keys expire within %ss",
                         self._lease_id, exc, self._ttl)
@@ -125,7 +134,7 @@ class EtcdDiscovery:
     async def _call(self, coro: Any, what: str) -> Any:
         aetcd = _aetcd()
         try:
-            return await asyncio.wait_for(coro, self._timeout)
+            return await within(coro, self._timeout)
         except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             raise DiscoveryError(f"etcd at {self.url} failed to {what}: {exc or type(exc).__name__}") from exc
 
@@ -135,7 +144,7 @@ class EtcdDiscovery:
         warned = False
         while True:
             try:
-                snapshot = await asyncio.wait_for(self._client.get_prefix(prefix.encode()), self._timeout)
+                snapshot = await within(self._client.get_prefix(prefix.encode()), self._timeout)
                 current: dict[str, InstanceRecord] = {}
                 for kv in snapshot:
                     record = _parse(kv.value)
@@ -194,7 +203,7 @@ class EtcdDiscovery:
                     last_ok = time.monotonic()
                     failing = False
                     continue
-                reply = await asyncio.wait_for(self._client.refresh_lease(self._lease_id), self._timeout)
+                reply = await within(self._client.refresh_lease(self._lease_id), self._timeout)
                 if reply is None or reply.TTL <= 0:
                     raise _LeaseExpired()
                 last_ok = time.monotonic()
@@ -229,11 +238,11 @@ class EtcdDiscovery:
         if self._on_lease_lost == "exit":
             return
         try:
-            await asyncio.wait_for(self._client.lease(self._ttl, lease_id=self._lease_id), self._timeout)
+            await within(self._client.lease(self._ttl, lease_id=self._lease_id), self._timeout)
         except aetcd.exceptions.DuplicateLeaseError:
             pass  # the lease survived after all
         for record in list(self._records.values()):
-            await asyncio.wait_for(
+            await within(
                 self._client.put(record.key.encode(), record.to_json(), lease=self._lease_id), self._timeout)
         self._lost = False
         log.info("re-registered %d endpoint(s) under lease %x", len(self._records), self._lease_id)

@@ -12,6 +12,7 @@ from .. import codec
 from ..context import Context
 from ..serving import ServedEndpoint, drive
 from ..stream import RemoteStream
+from ..tasks import within
 from .framing import FramedProtocol
 
 log = logging.getLogger("servemesh.transport.tcp")
@@ -268,7 +269,7 @@ class TcpClientPool:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
+            _, conn = await within(
                 loop.create_connection(lambda: ClientConnection(self, address), host, int(port)),
                 self._timeout)
         except (TimeoutError, OSError, ValueError) as exc:

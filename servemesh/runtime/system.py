@@ -1,0 +1,44 @@
+"""The system port of a worker: ``/health``, ``/live``, ``/ready`` and Prometheus ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from .distributed import DistributedRuntime
+
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def system_app(runtime: DistributedRuntime) -> Starlette:
+    def state() -> dict[str, object]:
+        return {
+            "status": "stopping" if runtime.is_stopping else "ok",
+            "instance_id": f"{runtime.instance_id:x}",
+            "discovery": runtime.discovery.kind,
+            "endpoints": {path: {"inflight": ep.inflight, "accepting": ep.accepting}
+                          for path, ep in sorted(runtime._served.items())},
+        }
+
+    async def health(request: Request) -> JSONResponse:
+        body = state()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    async def ready(request: Request) -> JSONResponse:
+        ok = not runtime.is_stopping and bool(runtime._served)
+        return JSONResponse(state(), status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.metrics.render(), media_type=PROMETHEUS)
+
+    return Starlette(routes=[
+        Route("/health", health), Route("/live", live), Route("/ready", ready), Route("/metrics", metrics),
+    ])
