@@ -22,8 +22,19 @@ from .runtime import (
     Context,
     DistributedRuntime,
     ResponseStream,
-    run,
     worker,
+)
+from .sdk import (
+    ServiceClient,
+    ServiceContext,
+    async_init,
+    depends,
+    endpoint,
+    entrypoint,
+    on_shutdown,
+    run,
+    serve,
+    service,
 )
 
 __version__ = "0.1.0"
@@ -42,11 +53,20 @@ __all__ = [
     "RemoteError",
     "ResponseStream",
     "ServemeshError",
+    "ServiceClient",
+    "ServiceContext",
     "Settings",
     "StreamIncomplete",
     "ValidationError",
     "__version__",
+    "async_init",
     "configure_logging",
+    "depends",
+    "endpoint",
+    "entrypoint",
+    "on_shutdown",
     "run",
+    "serve",
+    "service",
     "worker",
 ]

@@ -61,10 +61,15 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         return proc
 
     yield start
-    for proc in procs:
+    for proc in procs:  # gracefully, so their registrations leave etcd at once
         if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        proc.wait()
+            proc.wait()
 
 
 def read_log(proc: subprocess.Popen[bytes]) -> str:

@@ -175,6 +175,22 @@ async def _call(settings: Settings, path: str, request: Any, timeout: float, wai
             sys.stdout.flush()
 
 
+@app.command()
+def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, module or module:Class")],
+        log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None) -> None:
+    """Serve every @service class of a file or module in this process until Ctrl-C / SIGTERM."""
+    from ..log import configure_logging
+    from ..sdk import run as run_services
+    from ..sdk.loader import load_services
+
+    try:
+        configure_logging(log_level)
+        classes = load_services(target)
+        run_services(*classes)
+    except ServemeshError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     app()
 

@@ -11,8 +11,9 @@ def test_public_api_is_small_and_explicit():
     assert sorted(servemesh.__all__) == sorted([
         "Annotated", "Cancelled", "Client", "ConfigError", "Context", "DeadlineExceeded",
         "DistributedRuntime", "InstanceUnavailable", "NoInstancesError", "Overloaded", "RemoteError",
-        "ResponseStream", "ServemeshError", "Settings", "StreamIncomplete", "ValidationError",
-        "__version__", "configure_logging", "run", "worker",
+        "ResponseStream", "ServemeshError", "ServiceClient", "ServiceContext", "Settings", "StreamIncomplete",
+        "ValidationError", "__version__", "async_init", "configure_logging", "depends", "endpoint", "entrypoint",
+        "on_shutdown", "run", "serve", "service", "worker",
     ])
     for name in servemesh.__all__:
         assert hasattr(servemesh, name)
