@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set-up and entry points for a fresh machine (Python 3.11+, pip, gcc).
 
-    python3 dev.py main    # create .venv, install servemesh, run the main job
+    python3 dev.py main    # create .venv, install servemesh[llm], serve the LLM pipeline (OpenAI API)
     python3 dev.py test    # create .venv, install servemesh[dev], run ruff, mypy and pytest
 
 Uses only the standard library, so it runs before anything is installed.
@@ -27,13 +27,17 @@ def ensure_venv(extra: str) -> None:
     if not PY.exists():
         print(f"creating virtualenv in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    stamp = VENV / f".installed-{extra or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / f".installed-{extra.replace(',', '-') or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
+                            + (ROOT / "constraints.txt").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
     spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
     print(f"installing servemesh{f'[{extra}]' if extra else ''} into {VENV} ...", flush=True)
-    run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", spec])
+    if "llm" in extra:
+        print("(a first install builds llama-cpp-python from source: several minutes)", flush=True)
+    run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
+         str(ROOT / "constraints.txt"), "-e", spec])
     stamp.write_text(digest)
 
 
@@ -44,12 +48,12 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def main_job(args: list[str]) -> None:
-    ensure_venv("stack")
-    run([str(PY), "examples/hello/pipeline.py", *args])
+    ensure_venv("stack,llm")
+    run([str(PY), "examples/llm/pipeline.py", *args])
 
 
 def test(args: list[str]) -> None:
-    ensure_venv("dev")
+    ensure_venv("dev")  # dev includes stack and llm
     bin_dir = VENV / "bin"
     run([str(bin_dir / "ruff"), "check", "servemesh", "tests", "examples", "benchmarks", "dev.py"])
     run([str(bin_dir / "mypy")])

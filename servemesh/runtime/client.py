@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -226,11 +227,13 @@ class ResponseStream:
         # drops it (break), the loop's asyncgen hook closes it, which cancels the call.
         if self._it is not None:
             return self._it
-        return self._iterate()
+        return _iterate(self)
 
     def __anext__(self) -> Any:
         if self._it is None:
-            self._it = self._iterate()
+            # held here, so it must not hold us back (no cycle): dropping this stream
+            # frees the generator at once, and its finalisation cancels the call
+            self._it = _iterate(weakref.proxy(self))
         return self._it.__anext__()
 
     async def __aenter__(self) -> ResponseStream:
@@ -243,57 +246,6 @@ class ResponseStream:
     def instance_id(self) -> int | None:
         """The instance serving this stream (once opened)."""
         return None if self._record is None else self._record.instance_id
-
-    async def _iterate(self) -> AsyncGenerator[Any, None]:
-        if self._done and self._src is None:
-            return
-        src = self._src if self._src is not None else await self._open()
-        annotated = self._annotated
-        try:
-            while True:
-                if type(src) is LocalStream:
-                    # in-process hot path: the handler's own generator, two frames per item
-                    src.task = asyncio.current_task()
-                    try:
-                        if annotated:
-                            async for item in src.agen:
-                                yield item if type(item) is Annotated else Annotated(item)
-                                if src.interrupted is not None:
-                                    break  # stopped while the caller held the item
-                        else:
-                            async for item in src.agen:
-                                yield item.data() if type(item) is Annotated else item
-                                if src.interrupted is not None:
-                                    break
-                    except BaseException as exc:
-                        mapped = await src.failed(exc)
-                        if mapped is exc:
-                            raise
-                        raise mapped from (None if isinstance(mapped, (Cancelled, DeadlineExceeded)) else exc)
-                    if src.interrupted is not None:
-                        await src.aclose()
-                        raise src.interrupted
-                    src.completed()
-                    return
-                remote = cast(RemoteStream, src)
-                try:
-                    item = await remote.next()
-                except StopAsyncIteration:
-                    return
-                except (InstanceUnavailable, Overloaded) as exc:
-                    self._release()
-                    if remote.received or self._pinned is not None or self._done:
-                        raise
-                    if isinstance(exc, InstanceUnavailable) and self._record is not None:
-                        self._client.quarantine(self._record.instance_id)
-                    self._src = None
-                    src = await self._open()
-                    continue
-                yield remote.wrap(item, annotated)
-        finally:
-            if not src.finished:
-                src.cancel()
-            self._finish()
 
     async def _open(self) -> Source:
         ctx = self._ctx
@@ -374,10 +326,68 @@ class ResponseStream:
         self._finish()
 
     def __del__(self) -> None:
-        src = self._src
-        if src is not None and not src.finished and self._it is None:
-            try:
+        # An iterator we held is finalised right after us and its cleanup cancels the
+        # call; our own bookkeeping (load, context link, deadline timer) ends here.
+        try:
+            src = self._src
+            if src is not None and not src.finished and self._it is None:
                 src.cancel()
-                self._finish()
-            except Exception:  # interpreter shutdown: nothing left to tell
-                pass
+            self._finish()
+        except Exception:  # interpreter shutdown: nothing left to tell
+            pass
+
+
+async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
+    """The iteration of one ``ResponseStream`` (``self`` may be a weak proxy to it)."""
+    if self._done and self._src is None:
+        return
+    src = self._src if self._src is not None else await self._open()
+    annotated = self._annotated
+    try:
+        while True:
+            if type(src) is LocalStream:
+                # in-process hot path: the handler's own generator, two frames per item
+                src.task = asyncio.current_task()
+                try:
+                    if annotated:
+                        async for item in src.agen:
+                            yield item if type(item) is Annotated else Annotated(item)
+                            if src.interrupted is not None:
+                                break  # stopped while the caller held the item
+                    else:
+                        async for item in src.agen:
+                            yield item.data() if type(item) is Annotated else item
+                            if src.interrupted is not None:
+                                break
+                except BaseException as exc:
+                    mapped = await src.failed(exc)
+                    if mapped is exc:
+                        raise
+                    raise mapped from (None if isinstance(mapped, (Cancelled, DeadlineExceeded)) else exc)
+                if src.interrupted is not None:
+                    await src.aclose()
+                    raise src.interrupted
+                src.completed()
+                return
+            remote = cast(RemoteStream, src)
+            try:
+                item = await remote.next()
+            except StopAsyncIteration:
+                return
+            except (InstanceUnavailable, Overloaded) as exc:
+                self._release()
+                if remote.received or self._pinned is not None or self._done:
+                    raise
+                if isinstance(exc, InstanceUnavailable) and self._record is not None:
+                    self._client.quarantine(self._record.instance_id)
+                self._src = None
+                src = await self._open()
+                continue
+            yield remote.wrap(item, annotated)
+    finally:
+        if not src.finished:
+            src.cancel()
+        try:
+            self._finish()
+        except ReferenceError:  # the stream object is gone; its __del__ did this
+            pass

@@ -1,0 +1,25 @@
+"""Terminal 1: an engine. Start several for the processor (or router) to balance over.
+
+    python3 examples/llm/engine.py                        # llama.cpp, gemma-3-270m
+    python3 examples/llm/engine.py --engine mock --model mock --tokens-per-s 50
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import servemesh
+from servemesh.llm.model import DEFAULT_MODEL
+from servemesh.llm.pipeline import ENGINES, engine_class, engine_kwargs
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=ENGINES, default="llamacpp")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model-path")
+    parser.add_argument("--tokens-per-s", type=float, help="mock engine speed (0: as fast as it can)")
+    parser.add_argument("--latency-s", type=float, help="mock engine delay before the first token")
+    args = parser.parse_args()
+    servemesh.configure_logging()
+    extra = {"tokens_per_s": args.tokens_per_s, "latency_s": args.latency_s} if args.engine == "mock" else {}
+    servemesh.run(engine_class(args.engine), **engine_kwargs(args.engine, args.model, args.model_path, **extra))

@@ -1,0 +1,30 @@
+"""Terminal 3: the OpenAI-compatible HTTP frontend.
+
+    python3 examples/llm/frontend.py --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import servemesh
+from servemesh import DistributedRuntime, worker
+from servemesh.llm.pipeline import start_frontend
+
+
+@worker
+async def main(runtime: DistributedRuntime, host: str, port: int) -> None:
+    server = await start_frontend(runtime, host, port)
+    try:
+        await runtime.wait_stopped()
+    finally:
+        await server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    servemesh.configure_logging()
+    servemesh.run(main(args.host, args.port))

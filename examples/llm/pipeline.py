@@ -1,0 +1,56 @@
+"""The whole LLM pipeline in one process: OpenAI frontend -> processor -> engine.
+
+    python3 examples/llm/pipeline.py                       # gemma-3-270m on llama.cpp, CPU
+    python3 examples/llm/pipeline.py --engine mock         # no model: deterministic tokens
+
+Embedded unless `servemesh up` ran (then the same components register in etcd and
+can be joined by more engines from other terminals: see engine.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import servemesh
+from servemesh import DistributedRuntime, worker
+from servemesh.llm.model import DEFAULT_MODEL
+from servemesh.llm.pipeline import ENGINES, serve_pipeline
+
+
+def how_to_call(url: str, model: str) -> None:
+    print(f"""
+servemesh pipeline ready: model {model!r} at {url}/v1  (OpenAPI docs: {url}/docs)
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 25}}'
+
+  python3 -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}], \\
+max_tokens=25).choices[0].message.content)"
+
+Ctrl-C stops it.
+""", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=ENGINES, default="llamacpp")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="served model name (and packaged model)")
+    parser.add_argument("--model-path", help="a GGUF file instead of the packaged model")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--engines", type=int, default=1, help="engine instances behind the processor")
+    args = parser.parse_args()
+    model = args.model if args.engine != "mock" or args.model != DEFAULT_MODEL else "mock"
+
+    @worker
+    async def run(runtime: DistributedRuntime) -> None:
+        await serve_pipeline(runtime, engine=args.engine, model=model, model_path=args.model_path,
+                             host=args.host, port=args.port, engines=args.engines, on_ready=how_to_call)
+
+    servemesh.configure_logging()
+    servemesh.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Engines: ``mock`` (deterministic, for tests and benchmarks) and ``llamacpp`` (real, CPU)."""

@@ -1,0 +1,71 @@
+"""A deterministic engine: configurable speed and latency, real cancellation, no model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ...runtime import Context
+from ...sdk import ServiceContext, entrypoint, service
+from ..protocol import EngineOutput, EngineRequest
+from ..tokenizer import ByteTokenizer
+
+log = logging.getLogger("servemesh.llm.mock")
+
+#: what the mock "model" says, as byte tokens (with multi-byte characters on purpose)
+MOCK_TEXT = "Hello from the mock engine. Café, naïve, 東京, 😀 — all streamed byte by byte. "
+
+
+@service(name="engine", namespace="inference")
+class MockEngine:
+    """Streams the bytes of ``MOCK_TEXT`` (repeated) as tokens, ``tokens_per_s`` at a time
+    (0: as fast as it can), after ``latency_s``; stops at ``max_tokens`` or, if
+    ``finish_after`` tokens are produced first, with EOS."""
+
+    def __init__(self, ctx: ServiceContext, model: str = "mock", tokens_per_s: float = 0.0,
+                 latency_s: float = 0.0, finish_after: int | None = None) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.tokens_per_s = tokens_per_s
+        self.latency_s = latency_s
+        self.finish_after = finish_after
+        self.tokens = list(MOCK_TEXT.encode("utf-8"))
+        self.generating = 0
+        self.cancelled = 0
+        self.served = 0
+
+    @entrypoint
+    async def serve(self) -> None:
+        # the model name is only known at run time: register it as a capability
+        caps = {"model": self.model, "engine": "mock"}
+        await asyncio.gather(
+            self.ctx.component.endpoint("generate").serve_endpoint(self.generate, capabilities=caps),
+            self.ctx.component.endpoint("stats").serve_endpoint(self.stats, capabilities=caps))
+
+    async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
+        self.generating += 1
+        self.served += 1
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            delay = 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+            limit = request.sampling.max_tokens
+            for i in range(limit):
+                if self.finish_after is not None and i >= self.finish_after:
+                    yield EngineOutput(token_ids=[ByteTokenizer.EOS], finish_reason="stop")
+                    return
+                if delay:
+                    await asyncio.sleep(delay)
+                yield EngineOutput(token_ids=[self.tokens[i % len(self.tokens)]])
+            yield EngineOutput(finish_reason="length")
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            log.info("generation cancelled by the caller")
+            raise
+        finally:
+            self.generating -= 1
+
+    async def stats(self, request: dict[str, object]) -> dict[str, int]:
+        """How many generations run now and how many were cancelled (for tests and ops)."""
+        return {"generating": self.generating, "cancelled": self.cancelled, "served": self.served}

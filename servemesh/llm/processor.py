@@ -1,0 +1,109 @@
+"""The processor: chat template, tokenization, the engine call, detokenization, stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ..runtime import Client, Context
+from ..sdk import ServiceContext, async_init, entrypoint, service
+from .protocol import EngineOutput, EngineRequest, ProcessorOutput, ProcessorRequest
+from .text import IncrementalDetokenizer, StopMatcher
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("servemesh.llm.processor")
+
+ENGINE_PATH = "inference.engine.generate"
+ROUTER_PATH = "inference.router.generate"
+
+
+@service(name="processor", namespace="inference")
+class Processor:
+    """Serves ``inference.processor.process`` for one model: text in, text deltas out.
+
+    It calls the engines serving that model (``engine_path``; point it at the router
+    component to route there instead), passing its context so a disconnect upstream
+    stops generation downstream."""
+
+    def __init__(self, ctx: ServiceContext, tokenizer: Tokenizer, engine_path: str = ENGINE_PATH,
+                 router: str = "least_loaded") -> None:
+        self.ctx = ctx
+        self.tokenizer = tokenizer
+        self.engine_path = engine_path
+        self.router = router
+        self.engine: Client | None = None
+
+    @async_init
+    async def connect(self) -> None:
+        self.engine = await self.ctx.runtime.endpoint(self.engine_path).client(
+            router=self.router,  # type: ignore[arg-type]
+            capabilities={"model": self.tokenizer.name})
+
+    @entrypoint
+    async def serve(self) -> None:
+        await self.ctx.component.endpoint("process").serve_endpoint(
+            self.process, capabilities={"model": self.tokenizer.name})
+
+    async def process(self, request: ProcessorRequest, context: Context) -> AsyncIterator[ProcessorOutput]:
+        assert self.engine is not None
+        tok = self.tokenizer
+        if request.messages is not None:
+            prompt = tok.chat_prompt([m.model_dump() for m in request.messages])
+        else:
+            prompt = request.prompt or ""
+        token_ids = await asyncio.to_thread(tok.encode, prompt) if len(prompt) > 4096 else tok.encode(prompt)
+        engine_request = EngineRequest(model=tok.name, token_ids=token_ids, sampling=request.sampling,
+                                       stop_token_ids=tok.stop_token_ids)
+        detok = IncrementalDetokenizer(tok.token_bytes)
+        stops = StopMatcher(request.stop)
+        produced = 0
+        finish = "length"
+        async for item in self.engine.generate(engine_request, context=context, annotated=False):
+            out = EngineOutput.model_validate(item)
+            produced += len(out.token_ids)
+            text, hit = stops.push(detok.push(out.token_ids))
+            if hit:
+                finish = "stop"
+                if text:
+                    yield ProcessorOutput(text=text)
+                break  # leaving the loop cancels the engine's generation
+            if text:
+                yield ProcessorOutput(text=text)
+            if out.finish_reason is not None:
+                finish = out.finish_reason  # the engine's stream ends right after this item
+        if not stops.stopped:
+            tail, _ = stops.push(detok.flush())
+            tail += stops.flush()
+            if tail:
+                yield ProcessorOutput(text=tail)
+        yield ProcessorOutput(finish_reason=finish, prompt_tokens=len(token_ids),  # type: ignore[arg-type]
+                              completion_tokens=produced)
+
+
+@service(name="router", namespace="inference")
+class Router:
+    """Chapter 2's router: ``inference.router.generate`` load-balances engine requests over
+    every engine of the model (``least_loaded`` or ``round_robin``), failing over when
+    one dies before its first token."""
+
+    def __init__(self, ctx: ServiceContext, model: str, policy: str = "least_loaded") -> None:
+        self.ctx = ctx
+        self.model = model
+        self.policy = policy
+        self.engines: Client | None = None
+
+    @async_init
+    async def connect(self) -> None:
+        self.engines = await self.ctx.runtime.endpoint(ENGINE_PATH).client(
+            router=self.policy, capabilities={"model": self.model})  # type: ignore[arg-type]
+
+    @entrypoint
+    async def serve(self) -> None:
+        await self.ctx.component.endpoint("generate").serve_endpoint(
+            self.generate, capabilities={"model": self.model, "router": self.policy})
+
+    async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[object]:
+        assert self.engines is not None
+        async for item in self.engines.generate(request, context=context, annotated=False):
+            yield item

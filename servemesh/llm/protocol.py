@@ -1,0 +1,54 @@
+"""What flows between the pipeline's components (wire structs, validated on arrival)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class SamplingParams(BaseModel):
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+class EngineRequest(BaseModel):
+    """Processor → engine: token ids in, token ids out."""
+
+    model: str
+    token_ids: list[int] = Field(min_length=1)
+    sampling: SamplingParams = SamplingParams()
+    stop_token_ids: list[int] = []
+
+
+class EngineOutput(BaseModel):
+    """Engine → processor, streamed: new token ids, and last a finish reason."""
+
+    token_ids: list[int] = []
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, object]] | None = None
+
+
+class ProcessorRequest(BaseModel):
+    """Frontend → processor: an OpenAI-style chat or completion request, validated."""
+
+    model: str
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = SamplingParams()
+    stop: list[str] = []
+
+
+class ProcessorOutput(BaseModel):
+    """Processor → frontend, streamed: text deltas, then finish reason and usage."""
+
+    text: str = ""
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0

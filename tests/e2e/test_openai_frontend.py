@@ -1,0 +1,236 @@
+"""The OpenAI-compatible frontend, driven by the official `openai` client, over real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from servemesh import DistributedRuntime
+from servemesh.llm.engines.mock import MOCK_TEXT
+from servemesh.testing import free_port, wait_http_ok
+
+ROOT = Path(__file__).resolve().parents[2]
+LLM = ROOT / "examples" / "llm"
+
+
+def wait_ready(url: str, proc, timeout: float = 60) -> None:
+    """Ready = the frontend lists at least one model (engine and processor are up)."""
+    wait_http_ok(f"{url}/ready", timeout, proc)
+
+
+@pytest.fixture(scope="module")
+def mock_pipeline(tmp_path_factory):
+    """The embedded pipeline with the mock engine, as `python3 examples/llm/pipeline.py --engine mock`."""
+    import subprocess
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("pipeline") / "pipeline.log", "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(LLM / "pipeline.py"), "--engine", "mock", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+
+
+def test_models_list(mock_pipeline):
+    models = client(mock_pipeline).models.list()
+    assert [m.id for m in models.data] == ["mock"]
+
+
+def test_chat_non_streaming_with_usage(mock_pipeline):
+    resp = client(mock_pipeline).chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "Hello from the mock "
+    assert choice.finish_reason == "length"
+    assert resp.usage.completion_tokens == 20
+    assert resp.usage.prompt_tokens == len(b"<|user|>\nhi\n<|assistant|>\n") + 1
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 20
+
+
+def test_chat_streaming_multibyte_and_usage(mock_pipeline):
+    stream = client(mock_pipeline).chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "hi"}], max_tokens=60, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == MOCK_TEXT[: len(text)]
+    assert "\ufffd" not in text and "東京" in text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 60
+
+
+def test_stop_strings_and_completions(mock_pipeline):
+    c = client(mock_pipeline)
+    resp = c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}],
+                                     max_tokens=100, stop=["mock eng"])
+    assert resp.choices[0].message.content == "Hello from the "
+    assert resp.choices[0].finish_reason == "stop"
+    comp = c.completions.create(model="mock", prompt="Say hello", max_tokens=5)
+    assert comp.choices[0].text == "Hello" and comp.usage.completion_tokens == 5
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="mock", prompt="x", max_tokens=10, stream=True) if ch.choices)
+    assert streamed == "Hello from"
+
+
+def test_errors_have_openai_shape(mock_pipeline):
+    c = client(mock_pipeline)
+    with pytest.raises(openai.NotFoundError) as nf:
+        c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert nf.value.status_code == 404 and nf.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        c.chat.completions.create(model="mock", messages=[{"role": "wizard", "content": "x"}])
+    assert "messages.0.role" in bad.value.body["param"]
+    with pytest.raises(openai.BadRequestError) as neg:
+        c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}], max_tokens=-1)
+    assert neg.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}], n=2)
+    raw = httpx.post(f"{mock_pipeline}/v1/chat/completions", content=b"{not json",
+                     headers={"Content-Type": "application/json"})
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    missing = httpx.post(f"{mock_pipeline}/v1/chat/completions", json={"model": "mock"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+
+
+def test_health_metrics_and_openapi(mock_pipeline):
+    assert httpx.get(f"{mock_pipeline}/health").json()["models"] == ["mock"]
+    metrics = httpx.get(f"{mock_pipeline}/metrics").text
+    assert "servemesh_http_requests_total" in metrics
+    assert 'servemesh_requests_total{endpoint="inference.processor.process"' in metrics
+    spec = httpx.get(f"{mock_pipeline}/openapi.json").json()
+    assert "/v1/chat/completions" in spec["paths"]
+
+
+async def _engine_stats(rt: DistributedRuntime) -> list[dict]:
+    stats = await rt.endpoint("inference.engine.stats").client()
+    await stats.wait_for_instances(30)
+    out = []
+    for iid in stats.instance_ids():
+        out += [i.data() async for i in stats.direct({}, iid)]
+    return out
+
+
+def _env(etcd) -> dict[str, str]:
+    return {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_LEASE_TTL": "3"}
+
+
+async def test_client_disconnect_stops_the_engine(spawn, etcd):
+    env = _env(etcd)
+    spawn(LLM / "engine.py", "--engine", "mock", "--model", "slow", "--tokens-per-s", "50", env=env, name="engine")
+    spawn(LLM / "processor.py", "--engine", "mock", "--model", "slow", env=env, name="processor")
+    port = free_port()
+    front = spawn(LLM / "frontend.py", "--port", str(port), env=env, name="frontend")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, front)
+    async with DistributedRuntime(etcd=etcd.url) as rt:
+        body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 500, "stream": True}
+        async with httpx.AsyncClient(timeout=30) as http, http.stream(
+                "POST", f"{url}/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            got = 0
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    got += 1
+                if got == 5:
+                    break  # hang up mid-stream
+        async with asyncio.timeout(10):
+            while True:
+                (stats,) = await _engine_stats(rt)
+                if stats["cancelled"] == 1 and stats["generating"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+
+
+async def test_no_engine_is_a_503(spawn, etcd):
+    env = _env(etcd)
+    spawn(LLM / "processor.py", "--engine", "mock", "--model", "orphan", env=env, name="processor")
+    port = free_port()
+    front = spawn(LLM / "frontend.py", "--port", str(port), env=env, name="frontend")
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/live", 60, front)
+    async with DistributedRuntime(etcd=etcd.url) as rt:
+        procs = await rt.endpoint("inference.processor.process").client(capabilities={"model": "orphan"})
+        await procs.wait_for_instances(30)
+    deadline = time.monotonic() + 10
+    while True:
+        with pytest.raises(openai.APIStatusError) as err:
+            client(url).chat.completions.create(model="orphan", messages=[{"role": "user", "content": "x"}])
+        if err.value.status_code == 503 or time.monotonic() > deadline:
+            break
+    assert err.value.status_code == 503 and "no live engine" in err.value.message
+
+
+async def test_kill_9_engine_behind_router_mid_traffic(spawn, etcd):
+    env = _env(etcd)
+    engines = [spawn(LLM / "engine.py", "--engine", "mock", "--model", "m", "--tokens-per-s", "100", env=env,
+                     name="engine") for _ in range(2)]
+    spawn(LLM / "router.py", "--model", "m", "--policy", "round_robin", env=env, name="router")
+    spawn(LLM / "processor.py", "--engine", "mock", "--model", "m", "--via-router", env=env, name="processor")
+    port = free_port()
+    front = spawn(LLM / "frontend.py", "--port", str(port), env=env, name="frontend")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, front)
+    async with DistributedRuntime(etcd=etcd.url) as rt:
+        router = await rt.endpoint("inference.router.generate").client()
+        await router.wait_for_instances(30)
+        engine_client = await rt.endpoint("inference.engine.generate").client()
+        async with asyncio.timeout(30):
+            while len(engine_client.instance_ids()) < 2:
+                await asyncio.sleep(0.1)
+        aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+
+        async def one(i: int) -> str:
+            try:
+                text = ""
+                stream = await aclient.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": str(i)}], max_tokens=150, stream=True)
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                return "ok" if len(text.encode()) >= 140 else f"short:{len(text)}"
+            except openai.APIError as exc:
+                return f"error:{exc}"
+
+        traffic = [asyncio.create_task(one(i)) for i in range(6)]
+        await asyncio.sleep(0.5)  # every stream is mid-way
+        os.kill(engines[0].pid, signal.SIGKILL)
+        results = await asyncio.gather(*traffic)
+        errors = [r for r in results if r.startswith("error:")]
+        assert errors, results                          # the streams on the dead engine failed visibly ...
+        assert all(r == "ok" or r.startswith("error:") for r in results), results  # ... never silently short
+        assert "StreamIncomplete" in errors[0] or "stream" in errors[0].lower()
+        for i in range(4):                              # later requests succeed on the survivor
+            assert await one(100 + i) == "ok"
+        async with asyncio.timeout(30):                 # the dead engine's lease (3 s) runs out
+            while len(engine_client.instance_ids()) > 1:
+                await asyncio.sleep(0.1)
+        restarted = spawn(LLM / "engine.py", "--engine", "mock", "--model", "m", "--tokens-per-s", "100", env=env,
+                          name="engine")
+        async with asyncio.timeout(30):
+            while len(engine_client.instance_ids()) < 2:
+                await asyncio.sleep(0.1)
+        assert all(r == "ok" for r in await asyncio.gather(*(one(200 + i) for i in range(4))))
+        served = {s["served"] for s in await _engine_stats(rt)}
+        assert len(await _engine_stats(rt)) == 2 and min(served) >= 1  # the restarted engine is used again
+        assert restarted.poll() is None
