@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -231,9 +230,10 @@ class ResponseStream:
 
     def __anext__(self) -> Any:
         if self._it is None:
-            # held here, so it must not hold us back (no cycle): dropping this stream
-            # frees the generator at once, and its finalisation cancels the call
-            self._it = _iterate(weakref.proxy(self))
+            # Held here while the stream runs; the reference cycle it makes is broken
+            # when the stream ends or is closed. A stream dropped half-way without
+            # aclose() is cancelled when the garbage collector finds it.
+            self._it = _iterate(self)
         return self._it.__anext__()
 
     async def __aenter__(self) -> ResponseStream:
@@ -338,8 +338,8 @@ class ResponseStream:
 
 
 async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
-    """The iteration of one ``ResponseStream`` (``self`` may be a weak proxy to it)."""
-    if self._done and self._src is None:
+    """The iteration of one ``ResponseStream``."""
+    if self._done:
         return
     src = self._src if self._src is not None else await self._open()
     annotated = self._annotated
@@ -387,7 +387,5 @@ async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
     finally:
         if not src.finished:
             src.cancel()
-        try:
-            self._finish()
-        except ReferenceError:  # the stream object is gone; its __del__ did this
-            pass
+        self._finish()
+        self._it = None  # no cycle left once the stream is over
