@@ -125,13 +125,15 @@ def real(args: argparse.Namespace) -> None:
     prompt = "Write a long story about a lighthouse keeper."
     n = args.real_tokens
     path = resolve_model("gemma-3-270m")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, verbose=False, chat_format="gemma")
     messages = [{"role": "user", "content": prompt}]
     direct = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
         out = llm.create_chat_completion(messages=messages, max_tokens=n, temperature=0.0)
         direct.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t0))
+        print(f"  llama.cpp directly: {out['usage']['completion_tokens']} tokens, "
+              f"{direct[-1]:.1f} tokens/s", flush=True)
     del llm
     port = free_port()
     proc = start([sys.executable, "examples/llm/pipeline.py", "--port", str(port)], f"http://127.0.0.1:{port}/ready")
@@ -142,6 +144,8 @@ def real(args: argparse.Namespace) -> None:
             resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300, json={
                 "model": "gemma-3-270m", "messages": messages, "max_tokens": n, "temperature": 0.0})
             via.append(resp.json()["usage"]["completion_tokens"] / (time.perf_counter() - t0))
+            print(f"  through the pipeline: {resp.json()['usage']['completion_tokens']} tokens, "
+                  f"{via[-1]:.1f} tokens/s", flush=True)
     finally:
         proc.terminate()
         proc.wait(20)
@@ -165,6 +169,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--real", action="store_true", help="also measure gemma through the pipeline")
+    parser.add_argument("--real-only", action="store_true", help="only the real-model comparison")
     parser.add_argument("--real-tokens", type=int, default=128)
     parser.add_argument("--serve-minimal", type=int, help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -173,6 +178,7 @@ if __name__ == "__main__":
     else:
         os.environ.setdefault("SERVEMESH_STATE_DIR", str(ROOT / "benchmarks" / ".no-stack"))
         print(f"W4 gateway benchmark: {a.runs} runs x {a.duration}s, {os.cpu_count()} cores")
-        w4(a)
-        if a.real:
+        if not a.real_only:
+            w4(a)
+        if a.real or a.real_only:
             real(a)

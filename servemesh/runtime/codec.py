@@ -67,7 +67,7 @@ def _enc_hook(obj: Any) -> Any:
         return dump(mode="json")
     if isinstance(obj, (set, frozenset)):
         return list(obj)
-    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+    raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
@@ -78,7 +78,7 @@ def to_builtins(obj: Any) -> Any:
     """Turn a user value (models, structs, dataclasses) into plain JSON-like data."""
     try:
         return msgspec.to_builtins(obj, enc_hook=_enc_hook)
-    except (TypeError, NotImplementedError) as exc:
+    except TypeError as exc:
         raise SerializationError(str(exc)) from exc
 
 
@@ -88,7 +88,7 @@ def append_frame(buf: bytearray, frame: Frame, limit: int) -> None:
     buf.extend(b"\0\0\0\0")
     try:
         _encoder.encode_into(frame, buf, -1)
-    except (TypeError, NotImplementedError, OverflowError) as exc:
+    except (TypeError, OverflowError) as exc:
         del buf[start:]
         raise SerializationError(str(exc)) from exc
     size = len(buf) - start - HEADER

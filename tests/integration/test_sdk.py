@@ -195,9 +195,11 @@ async def test_each_persona_runs_as_a_process_and_answers(spawn, etcd, nats, tra
 async def test_depends_across_two_processes_and_on_shutdown_on_sigterm(spawn, etcd, nats):
     env = _env(etcd, nats)
     spawn(EXAMPLES / "persona1_default.py", env=env, name="worker")
-    router = spawn(Path(sys.executable).parent / "servemesh", "run",
-                   str(EXAMPLES / "persona2_mixed.py") + ":Router", env=env, name="router")
     async with DistributedRuntime(etcd=etcd.url) as rt:
+        # the router answers NoInstancesError until a worker exists: start it once one does
+        await (await rt.endpoint("demo.worker.generate").client()).wait_for_instances(30)
+        router = spawn(Path(sys.executable).parent / "servemesh", "run",
+                       str(EXAMPLES / "persona2_mixed.py") + ":Router", env=env, name="router")
         out = await call(rt, "demo.router.generate", {"prompt": "x y", "max_tokens": 2}, 30)
         assert [o["text"] for o in out] == ["echo:", "x"]
         worker_client = await rt.endpoint("demo.worker.generate").client()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import secrets
 from collections.abc import Mapping
@@ -20,9 +21,10 @@ from typing import Any
 from ...errors import ConfigError, InstanceUnavailable, ProtocolError
 from .. import codec
 from ..context import Context
-from ..serving import ServedEndpoint, drive
+from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import TaskSet
+from .streams import StreamTable
 
 log = logging.getLogger("servemesh.transport.nats")
 
@@ -111,44 +113,6 @@ class _Batcher:
             self._sender = None
 
 
-class _NatsSink:
-    __slots__ = ("_waiter", "batcher", "credit", "expired", "reply", "sid")
-
-    def __init__(self, batcher: _Batcher, reply: str, sid: int, window: int) -> None:
-        self.batcher = batcher
-        self.reply = reply
-        self.sid = sid
-        self.credit = window
-        self.expired = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        self.batcher.write(self.reply, codec.Item(self.sid, data, event, comments, id))
-        self.credit -= 1
-
-    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        self.batcher.write(self.reply, codec.Item(self.sid, data, event, comments, id, True))
-
-    async def wait_credit(self) -> None:
-        while self.credit <= 0:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def grant(self, n: int) -> None:
-        self.credit += n
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def end(self) -> None:
-        self.batcher.write(self.reply, codec.End(self.sid))
-
-    def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None:
-        self.batcher.write(self.reply, codec.Error(self.sid, kind, type_, message, field))
-
-
 class NatsServerPlane:
     """Serves endpoints on their instance subjects."""
 
@@ -159,8 +123,7 @@ class NatsServerPlane:
         self.tasks = TaskSet("nats server")
         self.batcher = _Batcher(nc, self.limit, self.tasks)
         self._subs: dict[str, Any] = {}
-        self._streams: dict[str, tuple[asyncio.Task[None], _NatsSink, Context]] = {}
-        self._loop = asyncio.get_running_loop()
+        self.streams = StreamTable(endpoints, self.tasks.spawn)
 
     async def add(self, path: str, subject: str) -> None:
         async def on_msg(msg: Any) -> None:
@@ -188,62 +151,20 @@ class NatsServerPlane:
         for frame in frames:
             ft = type(frame)
             if ft is codec.Request:
-                self._on_request(path, reply, frame)  # type: ignore[arg-type]
+                if not reply:
+                    log.warning("request on %s without a reply subject; dropped", path)
+                    continue
+                self.streams.request(reply, frame, functools.partial(self.batcher.write, reply),  # type: ignore[arg-type]
+                                     only_path=path)
             elif ft is codec.Credit:
-                entry = self._streams.get(reply)
-                if entry is not None:
-                    entry[1].grant(frame.n)  # type: ignore[union-attr]
+                self.streams.grant(reply, frame.n)  # type: ignore[union-attr]
             elif ft is codec.Cancel:
-                entry = self._streams.get(reply)
-                if entry is not None:
-                    entry[2].stop_generating()
-                    entry[0].cancel()
-
-    def _on_request(self, path: str, reply: str, f: codec.Request) -> None:
-        if not reply:
-            log.warning("request on %s without a reply subject; dropped", path)
-            return
-        ep = self.endpoints.get(f.path)
-        if ep is None or f.path != path:
-            self.batcher.write(reply, codec.Error(f.sid, "no_endpoint", "NoEndpoint",
-                                                  f"this instance does not serve {f.path}"))
-            return
-        refusal = ep.refusal()
-        if refusal is not None:
-            self.batcher.write(reply, codec.Error(f.sid, refusal[0], refusal[0].title(), refusal[1]))
-            return
-        ctx = Context(f.request_id or None, f.metadata,
-                      timeout=None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000)
-        sink = _NatsSink(self.batcher, reply, f.sid, max(f.window, 1))
-        task = self.tasks.spawn(self._run(ep, f.payload, ctx, sink, f.timeout_ms))
-        self._streams[reply] = (task, sink, ctx)
-
-    async def _run(self, ep: ServedEndpoint, payload: Any, ctx: Context, sink: _NatsSink,
-                   timeout_ms: int | None) -> None:
-        timer = None
-        if timeout_ms is not None:
-            timer = self._loop.call_later(max(timeout_ms, 1) / 1000, self._expire, sink)
-        try:
-            await drive(ep, payload, ctx, sink)
-        except asyncio.CancelledError:
-            if sink.expired:
-                sink.error("deadline", "DeadlineExceeded", f"deadline of {timeout_ms} ms passed")
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._streams.pop(sink.reply, None)
-
-    def _expire(self, sink: _NatsSink) -> None:
-        entry = self._streams.get(sink.reply)
-        if entry is not None:
-            sink.expired = True
-            entry[2].stop_generating()
-            entry[0].cancel()
+                self.streams.cancel(reply)
 
     async def close(self) -> None:
         for path in list(self._subs):
             await self.remove(path)
+        await self.streams.close()
         await self.tasks.close()
         self.batcher.flush()
 

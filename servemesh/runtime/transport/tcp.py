@@ -10,58 +10,22 @@ from typing import Any
 from ...errors import InstanceUnavailable
 from .. import codec
 from ..context import Context
-from ..serving import ServedEndpoint, drive
+from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import within
 from .framing import FramedProtocol
+from .streams import StreamTable
 
 log = logging.getLogger("servemesh.transport.tcp")
 
 _END = codec.End(0)
 
 
-class _TcpSink:
-    __slots__ = ("_waiter", "conn", "credit", "expired", "sid")
-
-    def __init__(self, conn: ServerConnection, sid: int, window: int) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.credit = window
-        self.expired = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        self.conn.write_frame(codec.Item(self.sid, data, event, comments, id))
-        self.credit -= 1
-
-    async def wait_credit(self) -> None:
-        while self.credit <= 0:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def grant(self, n: int) -> None:
-        self.credit += n
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def end(self) -> None:
-        self.conn.write_frame(codec.End(self.sid))
-
-    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        self.conn.write_frame(codec.Item(self.sid, data, event, comments, id, True))
-
-    def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None:
-        self.conn.write_frame(codec.Error(self.sid, kind, type_, message, field))
-
-
 class ServerConnection(FramedProtocol):
     def __init__(self, server: TcpServer) -> None:
         super().__init__(server.limit)
         self._server = server
-        self._streams: dict[int, tuple[asyncio.Task[None], _TcpSink, Context]] = {}
+        self.streams = StreamTable(server.endpoints, self._loop.create_task)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -70,72 +34,26 @@ class ServerConnection(FramedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._server.connections.discard(self)
-        for task, _, ctx in self._streams.values():
-            ctx.stop_generating()
-            task.cancel()  # the caller is gone: stop its work
+        self.streams.cancel_all()  # the caller is gone: stop its work
 
     def frame_received(self, frame: codec.Frame) -> None:
         ft = type(frame)
         if ft is codec.Request:
-            self._on_request(frame)  # type: ignore[arg-type]
+            self.streams.request(frame.sid, frame, self._write)  # type: ignore[arg-type]
         elif ft is codec.Credit:
-            entry = self._streams.get(frame.sid)
-            if entry is not None:
-                entry[1].grant(frame.n)  # type: ignore[union-attr]
+            self.streams.grant(frame.sid, frame.n)  # type: ignore[union-attr]
         elif ft is codec.Cancel:
-            entry = self._streams.get(frame.sid)
-            if entry is not None:
-                entry[2].stop_generating()  # visible to the handler before it sees the cancellation
-                entry[0].cancel()
+            self.streams.cancel(frame.sid)
         else:
             log.warning("unexpected %s frame from %s; closing", ft.__name__, self.peer)
             self.abort("unexpected frame")
 
-    def _on_request(self, f: codec.Request) -> None:
-        ep = self._server.endpoints.get(f.path)
-        if ep is None:
-            self.write_frame(codec.Error(f.sid, "no_endpoint", "NoEndpoint",
-                                         f"this instance does not serve {f.path}"))
-            return
-        refusal = ep.refusal()
-        if refusal is not None:
-            self.write_frame(codec.Error(f.sid, refusal[0], refusal[0].title(), refusal[1]))
-            return
-        ctx = Context(f.request_id or None, f.metadata,
-                      timeout=None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000)
-        sink = _TcpSink(self, f.sid, max(f.window, 1))
-        task = self._loop.create_task(self._run(ep, f.payload, ctx, sink, f.timeout_ms))
-        self._streams[f.sid] = (task, sink, ctx)
-
-    async def _run(self, ep: ServedEndpoint, payload: Any, ctx: Context, sink: _TcpSink,
-                   timeout_ms: int | None) -> None:
-        timer = None
-        if timeout_ms is not None:
-            timer = self._loop.call_later(max(timeout_ms, 1) / 1000, self._expire, sink)
-        try:
-            await drive(ep, payload, ctx, sink)
-        except asyncio.CancelledError:
-            if sink.expired and not self.closed:
-                sink.error("deadline", "DeadlineExceeded", f"deadline of {timeout_ms} ms passed")
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._streams.pop(sink.sid, None)
-
-    def _expire(self, sink: _TcpSink) -> None:
-        entry = self._streams.get(sink.sid)
-        if entry is not None:
-            sink.expired = True
-            entry[2].stop_generating()
-            entry[0].cancel()
+    def _write(self, frame: codec.Frame) -> None:
+        if not self.closed:
+            self.write_frame(frame)
 
     async def close(self) -> None:
-        tasks = [task for task, _, _ in self._streams.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.streams.close()
         self._flush()
         if self.transport is not None:
             self.transport.close()
