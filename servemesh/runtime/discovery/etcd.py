@@ -10,6 +10,7 @@ any break, so a client's live set converges after an etcd restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -91,7 +92,8 @@ class EtcdDiscovery:
         try:
             lease = await within(self._client.lease(self._ttl), self._timeout)
         except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
-            await self._client.close()
+            with contextlib.suppress(Exception):
+                await within(self._client.close(), self._timeout)
             raise DiscoveryError(
                 f"cannot reach etcd at {self.url}: {exc or type(exc).__name__}; "
                 "start it with `servemesh up` or point SERVEMESH_ETCD at a running etcd"
@@ -109,7 +111,10 @@ class EtcdDiscovery:
         except Exception as exc:  # etcd gone: the lease expires by itself
             log.warning("could not revoke lease %x (%r); its keys expire within %ss",
                         self._lease_id, exc, self._ttl)
-        await self._client.close()
+        try:
+            await within(self._client.close(), self._timeout)
+        except (TimeoutError, OSError) as exc:  # never let a stuck channel hold the process
+            log.warning("closing the etcd client timed out: %r", exc)
         self._client = None
 
     async def register(self, record: InstanceRecord) -> None:
