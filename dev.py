@@ -34,7 +34,7 @@ def ensure_venv(extra: str) -> None:
         return
     spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
     print(f"installing servemesh{f'[{extra}]' if extra else ''} into {VENV} ...", flush=True)
-    if "llm" in extra:
+    if "llm" in extra or extra == "dev":
         print("(a first install builds llama-cpp-python from source: several minutes)", flush=True)
     run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
          str(ROOT / "constraints.txt"), "-e", spec])

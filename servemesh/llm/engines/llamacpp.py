@@ -14,6 +14,7 @@ from ...runtime import Context
 from ...sdk import ServiceContext, async_init, entrypoint, on_shutdown, service
 from ..model import resolve_model
 from ..protocol import EngineOutput, EngineRequest
+from . import serve_engine
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
@@ -55,10 +56,7 @@ class LlamaCppEngine:
 
     @entrypoint
     async def serve(self) -> None:
-        caps = {"model": self.model, "engine": "llamacpp"}
-        await asyncio.gather(
-            self.ctx.component.endpoint("generate").serve_endpoint(self.generate, capabilities=caps),
-            self.ctx.component.endpoint("stats").serve_endpoint(self.stats, capabilities=caps))
+        await serve_engine(self.ctx, self.generate, self.stats, self.model, "llamacpp")
 
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
         if len(request.token_ids) + request.sampling.max_tokens > self.n_ctx:

@@ -10,6 +10,7 @@ from ...runtime import Context
 from ...sdk import ServiceContext, entrypoint, service
 from ..protocol import EngineOutput, EngineRequest
 from ..tokenizer import ByteTokenizer
+from . import serve_engine
 
 log = logging.getLogger("servemesh.llm.mock")
 
@@ -37,11 +38,7 @@ class MockEngine:
 
     @entrypoint
     async def serve(self) -> None:
-        # the model name is only known at run time: register it as a capability
-        caps = {"model": self.model, "engine": "mock"}
-        await asyncio.gather(
-            self.ctx.component.endpoint("generate").serve_endpoint(self.generate, capabilities=caps),
-            self.ctx.component.endpoint("stats").serve_endpoint(self.stats, capabilities=caps))
+        await serve_engine(self.ctx, self.generate, self.stats, self.model, "mock")
 
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
         self.generating += 1

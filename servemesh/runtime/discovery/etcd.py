@@ -54,8 +54,13 @@ class _EtcdWatch:
         self._task = task
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        # bounded: a watch stuck inside a broken gRPC stream must not hold shutdown
+        for _ in range(3):
+            self._task.cancel()
+            done, _ = await asyncio.wait({self._task}, timeout=1.0)
+            if done:
+                return
+        log.warning("etcd watch task did not stop; abandoning it")
 
 
 class EtcdDiscovery:
@@ -179,10 +184,9 @@ class EtcdDiscovery:
                             known.discard(key)
                             sink.on_delete(key)
                 finally:
-                    try:
-                        await asyncio.shield(watch.cancel())
-                    except Exception:
-                        pass
+                    # aetcd's cancel waits on the watch stream, which may be broken: bounded
+                    with contextlib.suppress(Exception):
+                        await within(asyncio.shield(watch.cancel()), 1.0)
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:

@@ -18,13 +18,13 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import ConfigError, InstanceUnavailable, ProtocolError
+from ...errors import ConfigError, ProtocolError
 from .. import codec
 from ..context import Context
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import TaskSet
-from .streams import StreamTable
+from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.nats")
 
@@ -196,7 +196,7 @@ class NatsClientPlane:
         self.tasks = TaskSet("nats client")
         self.batcher = _Batcher(nc, self.limit, self.tasks)
         self._inbox = f"_SM.{secrets.token_hex(8)}"
-        self._streams: dict[int, tuple[RemoteStream, str]] = {}
+        self._streams: dict[int, RemoteStream] = {}
         self._next_sid = 1
         self._probe_interval = probe_interval
         self._probing: set[str] = set()
@@ -212,21 +212,12 @@ class NatsClientPlane:
                     instance_id: int) -> RemoteStream:
         sid = self._next_sid
         self._next_sid += 1
-        timeout_ms = None
-        request_id = ""
-        metadata = None
-        if ctx is not None:
-            request_id = ctx.id
-            metadata = ctx.metadata or None
-            remaining = ctx.remaining()
-            if remaining is not None:
-                timeout_ms = max(int(remaining * 1000), 1)
-        frame = codec.Request(sid, path, payload, request_id, window, timeout_ms, metadata)
+        frame = request_frame(sid, path, payload, ctx, window)
         reply = f"{self._inbox}.{sid}"
         self.batcher.write(subject, frame, reply)  # FrameTooLarge / SerializationError: nothing sent
         stream = RemoteStream(_NatsLink(self, subject, reply), sid, window, path, instance_id,
                               f"nats:{subject}")
-        self._streams[sid] = (stream, subject)
+        self._streams[sid] = stream
         if subject not in self._probing:
             self._probing.add(subject)
             self.tasks.spawn(self._probe(subject, instance_id), name=f"probe {subject}")
@@ -239,53 +230,43 @@ class NatsClientPlane:
             if token.startswith("p"):  # a liveness probe found nobody
                 self._instance_gone(token[1:], "no responders: the instance is gone")
                 return
-            entry = self._streams.pop(int(token), None) if token.isdigit() else None
-            if entry is not None:
-                entry[0].lost("no responders on its subject: the instance is gone")
+            stream = self._streams.pop(int(token), None) if token.isdigit() else None
+            if stream is not None:
+                stream.lost("no responders on its subject: the instance is gone")
             return
         try:
             frames = codec.decode_all(msg.data, self.limit)
         except ProtocolError as exc:
             log.warning("malformed reply on %s: %s", msg.subject, exc)
-            entry = self._streams.pop(int(token), None) if token.isdigit() else None
-            if entry is not None:
-                entry[0].lost(f"malformed reply: {exc}")
+            stream = self._streams.pop(int(token), None) if token.isdigit() else None
+            if stream is not None:
+                stream.lost(f"malformed reply: {exc}")
             return
-        streams = self._streams
         for frame in frames:
-            ft = type(frame)
-            if ft is codec.Item:
-                if frame.last:  # type: ignore[union-attr]
-                    entry = streams.pop(frame.sid, None)
-                    if entry is not None:
-                        entry[0].push(frame)  # type: ignore[arg-type]
-                        entry[0].finish(_END)
-                else:
-                    entry = streams.get(frame.sid)
-                    if entry is not None:
-                        entry[0].push(frame)  # type: ignore[arg-type]
-            elif ft is codec.End or ft is codec.Error:
-                entry = streams.pop(frame.sid, None)
-                if entry is not None:
-                    entry[0].finish(frame)  # type: ignore[arg-type]
+            if not deliver(self._streams, frame):
+                log.warning("unexpected %s frame on %s; ignored", type(frame).__name__, msg.subject)
+
+    @staticmethod
+    def _subject(stream: RemoteStream) -> str:
+        return stream.address.removeprefix("nats:")
 
     def _instance_gone(self, subject_hex: str, reason: str) -> None:
-        for sid, (stream, subject) in list(self._streams.items()):
-            if subject.endswith(f"-{subject_hex}"):
+        for sid, stream in list(self._streams.items()):
+            if self._subject(stream).endswith(f"-{subject_hex}"):
                 del self._streams[sid]
                 stream.lost(reason)
 
     async def _probe(self, subject: str, instance_id: int) -> None:
         reply = f"{self._inbox}.p{instance_id:x}"
         try:
-            while any(s == subject for _, s in self._streams.values()):
+            while any(self._subject(s) == subject for s in self._streams.values()):
                 await asyncio.sleep(self._probe_interval)
                 self.batcher.write(subject, codec.Credit(0, 0), reply)
         finally:
             self._probing.discard(subject)
 
     async def close(self) -> None:
-        for stream, _ in list(self._streams.values()):
+        for stream in list(self._streams.values()):
             stream.lost("runtime closed")
         self._streams.clear()
         await self.tasks.close()
@@ -294,10 +275,3 @@ class NatsClientPlane:
                 await self._sub.unsubscribe()
             except Exception as exc:
                 log.debug("unsubscribe inbox: %r", exc)
-
-
-_END = codec.End(0)
-
-
-def unavailable(instance_id: int, subject: str, why: str) -> InstanceUnavailable:
-    return InstanceUnavailable(instance_id, f"nats:{subject}", why)

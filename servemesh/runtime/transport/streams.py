@@ -14,6 +14,7 @@ from typing import Any
 from .. import codec
 from ..context import Context
 from ..serving import ServedEndpoint, drive
+from ..stream import RemoteStream
 
 Write = Callable[[codec.Frame], None]
 
@@ -129,3 +130,39 @@ class StreamTable:
         if entry is not None:
             entry[1].expired = True
             self.cancel(key)
+
+
+# -- the calling side ----------------------------------------------------------------
+_END = codec.End(0)
+
+
+def request_frame(sid: int, path: str, payload: Any, ctx: Context | None, window: int) -> codec.Request:
+    """The Request frame of a call: the context's id, metadata and remaining deadline travel."""
+    if ctx is None:
+        return codec.Request(sid, path, payload, "", window)
+    remaining = ctx.remaining()
+    timeout_ms = None if remaining is None else max(int(remaining * 1000), 1)
+    return codec.Request(sid, path, payload, ctx.id, window, timeout_ms, ctx.metadata or None)
+
+
+def deliver(streams: dict[int, RemoteStream], frame: codec.Frame) -> bool:
+    """Hand a response frame to its stream (dropping it from ``streams`` when it ends).
+    False for a frame a caller should never receive."""
+    ft = type(frame)
+    if ft is codec.Item:
+        if frame.last:  # type: ignore[union-attr]
+            stream = streams.pop(frame.sid, None)
+            if stream is not None:
+                stream.push(frame)  # type: ignore[arg-type]
+                stream.finish(_END)
+        else:
+            stream = streams.get(frame.sid)
+            if stream is not None:
+                stream.push(frame)  # type: ignore[arg-type]
+        return True
+    if ft is codec.End or ft is codec.Error:
+        stream = streams.pop(frame.sid, None)
+        if stream is not None:
+            stream.finish(frame)  # type: ignore[arg-type]
+        return True
+    return False

@@ -14,11 +14,10 @@ from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import within
 from .framing import FramedProtocol
-from .streams import StreamTable
+from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.tcp")
 
-_END = codec.End(0)
 
 
 class ServerConnection(FramedProtocol):
@@ -112,38 +111,14 @@ class ClientConnection(FramedProtocol):
                     instance_id: int) -> RemoteStream:
         sid = self._next_sid
         self._next_sid += 1
-        timeout_ms = None
-        request_id = ""
-        metadata = None
-        if ctx is not None:
-            request_id = ctx.id
-            metadata = ctx.metadata or None
-            remaining = ctx.remaining()
-            if remaining is not None:
-                timeout_ms = max(int(remaining * 1000), 1)
-        self.write_frame(codec.Request(sid, path, payload, request_id, window, timeout_ms, metadata))
+        self.write_frame(request_frame(sid, path, payload, ctx, window))  # raises with nothing sent
         stream = RemoteStream(self, sid, window, path, instance_id, self.address)
         self._streams[sid] = stream
         return stream
 
     def frame_received(self, frame: codec.Frame) -> None:
-        ft = type(frame)
-        if ft is codec.Item:
-            if frame.last:  # type: ignore[union-attr]
-                stream = self._streams.pop(frame.sid, None)
-                if stream is not None:
-                    stream.push(frame)  # type: ignore[arg-type]
-                    stream.finish(_END)
-            else:
-                stream = self._streams.get(frame.sid)
-                if stream is not None:
-                    stream.push(frame)  # type: ignore[arg-type]
-        elif ft is codec.End or ft is codec.Error:
-            stream = self._streams.pop(frame.sid, None)
-            if stream is not None:
-                stream.finish(frame)  # type: ignore[arg-type]
-        else:
-            log.warning("unexpected %s frame from %s; closing", ft.__name__, self.address)
+        if not deliver(self._streams, frame):
+            log.warning("unexpected %s frame from %s; closing", type(frame).__name__, self.address)
             self.abort("unexpected frame")
 
     def send_cancel(self, sid: int) -> None:
