@@ -93,3 +93,22 @@ async def test_killed_worker_is_routed_around_before_its_lease_expires(spawn, et
             assert await _pids(client, 1) == [survivor.pid]
         assert loop.time() - started < 5
         assert len(client._instances) == 2 and len(client.instance_ids()) == 1
+
+
+async def test_lease_lost_with_exit_configured_stops_the_worker_with_a_clear_error(spawn, tmp_path, namespace):
+    from ..conftest import read_log
+
+    etcd = EtcdServer(data_dir=str(tmp_path / "etcd"))
+    etcd.start()
+    try:
+        env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_LEASE_TTL": "1", "SERVEMESH_ON_LEASE_LOST": "exit"}
+        worker = spawn(WORKER, namespace, env=env, name="worker")
+        async with DistributedRuntime(etcd=etcd.url) as rt:
+            await (await rt.endpoint(f"{namespace}.worker.stream").client()).wait_for_instances(30)
+        etcd.stop()  # unreachable for longer than the 1 s TTL
+        code = await asyncio.to_thread(worker.wait, 30)
+        assert code != 0
+        log = read_log(worker)
+        assert "lease" in log and "exiting as configured" in log and "DiscoveryError" in log
+    finally:
+        etcd.stop()

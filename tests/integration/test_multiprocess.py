@@ -247,3 +247,37 @@ async def test_sigterm_drains_in_flight_streams_and_leaves_discovery(spawn, etcd
             assert len(rest) == 39  # every in-flight stream finished
         assert procs[0].wait(10) == 0
         assert etcd.etcdctl("get", "--prefix", f"instances/{namespace}/").strip() == ""
+
+
+async def test_malformed_frames_get_typed_errors_and_the_worker_stays_healthy(spawn, plane, namespace):
+    import msgspec
+
+    async with DistributedRuntime(**plane["client"]) as rt:
+        _, client = await start_workers(spawn, plane, namespace, 1, rt)
+        (info,) = client.instances()
+        garbage = [b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1",                       # not msgpack
+                   b"\x00\x00\x00\x03" + msgspec.msgpack.encode([99, 1])[:3],    # unknown frame tag
+                   b"\xff\xff\xff\xff" + b"x" * 16]                              # absurd length
+        if plane["name"] == "tcp":
+            host, port = info.transport["tcp"].rsplit(":", 1)
+            for data in garbage:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(data)
+                await writer.drain()
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # the worker hangs up on it
+                writer.close()
+        else:
+            import nats as nats_py
+
+            from servemesh.runtime import codec
+
+            nc = await nats_py.connect(plane["client"]["nats"])
+            try:
+                for data in garbage:
+                    reply = await nc.request(info.transport["nats_tcp"], data, timeout=5)
+                    (frame,) = codec.decode_all(reply.data, 1 << 20)
+                    assert isinstance(frame, codec.Error) and frame.error_type in ("ProtocolError", "FrameTooLarge")
+            finally:
+                await nc.close()
+        items = [i.data()["k"] async for i in client.generate({"n": 3})]  # still healthy
+        assert items == [0, 1, 2]
