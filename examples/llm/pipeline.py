@@ -24,7 +24,7 @@ servemesh pipeline ready: model {model!r} at {url}/v1  (OpenAPI docs: {url}/docs
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 25}}'
 
-  python3 -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+  pip install openai; python3 -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
 print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}], \\
 max_tokens=25).choices[0].message.content)"
 
