@@ -94,29 +94,13 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
             sink.error("validation", "ValidationError", exc.message, exc.field)
             outcome = "invalid"
             return
-        unary = ep.adapted.unary
-        if unary is not None:
-            try:
-                result = await unary(request, ctx)
-                data, event, comments, id_ = unwrap(result)
-                sink.final(data, event, comments, id_)
-                outcome = "ok"
-            except asyncio.CancelledError:
-                ctx.stop_generating()
-                outcome = "cancelled"
-                raise
-            except Exception as exc:
-                _report(ep, sink, exc)
-            return
-        agen = ep.adapted.call(request, ctx)
         try:
-            async for item in agen:
-                if sink.credit <= 0:
-                    await sink.wait_credit()
-                if type(item) is Annotated:
-                    sink.send(item._data, item.event, item.comments, item.id)
-                else:
-                    sink.send(item, None, None, None)
+            unary = ep.adapted.unary
+            if unary is not None:
+                data, event, comments, id_ = unwrap(await unary(request, ctx))
+                sink.final(data, event, comments, id_)
+            else:
+                await _stream(ep.adapted.call(request, ctx), sink)
         except asyncio.CancelledError:
             ctx.stop_generating()
             outcome = "cancelled"
@@ -124,12 +108,24 @@ async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSi
         except Exception as exc:
             _report(ep, sink, exc)
             return
-        finally:
-            await agen.aclose()  # type: ignore[attr-defined]
-        sink.end()
         outcome = "ok"
     finally:
         ep.leave(outcome, started)
+
+
+async def _stream(agen: Any, sink: ResponseSink) -> None:
+    """Send every item of a generator handler, waiting for credit, then the end."""
+    try:
+        async for item in agen:
+            if sink.credit <= 0:
+                await sink.wait_credit()
+            if type(item) is Annotated:
+                sink.send(item._data, item.event, item.comments, item.id)
+            else:
+                sink.send(item, None, None, None)
+    finally:
+        await agen.aclose()
+    sink.end()
 
 
 def _report(ep: ServedEndpoint, sink: ResponseSink, exc: Exception) -> None:
