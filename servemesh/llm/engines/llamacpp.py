@@ -14,7 +14,7 @@ from ...runtime import Context
 from ...sdk import ServiceContext, async_init, entrypoint, on_shutdown, service
 from ..model import resolve_model
 from ..protocol import EngineOutput, EngineRequest
-from . import serve_engine
+from . import GenerationStats, serve_engine
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
@@ -37,8 +37,7 @@ class LlamaCppEngine:
         self._turn = asyncio.Lock()
         self._waiting = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
-        self.generating = 0
-        self.cancelled = 0
+        self.counts = GenerationStats()
 
     @async_init
     async def load(self) -> None:
@@ -71,25 +70,20 @@ class LlamaCppEngine:
         finally:
             self._waiting -= 1
         loop = asyncio.get_running_loop()
-        self.generating += 1
         tokens = self._tokens(request)
         try:
-            stops = set(request.stop_token_ids) | {self.llm.token_eos()}
-            for _ in range(request.sampling.max_tokens):
-                token = await loop.run_in_executor(self._pool, next, tokens, None)
-                if token is None:
-                    break
-                if token in stops:
-                    yield EngineOutput(token_ids=[token], finish_reason="stop")
-                    return
-                yield EngineOutput(token_ids=[token])
-            yield EngineOutput(finish_reason="length")
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled += 1
-            log.info("generation cancelled by the caller")
-            raise
+            with self.counts.track():
+                stops = set(request.stop_token_ids) | {self.llm.token_eos()}
+                for _ in range(request.sampling.max_tokens):
+                    token = await loop.run_in_executor(self._pool, next, tokens, None)
+                    if token is None:
+                        break
+                    if token in stops:
+                        yield EngineOutput(token_ids=[token], finish_reason="stop")
+                        return
+                    yield EngineOutput(token_ids=[token])
+                yield EngineOutput(finish_reason="length")
         finally:
-            self.generating -= 1
             await asyncio.shield(loop.run_in_executor(self._pool, tokens.close))
             self._turn.release()
 
@@ -100,7 +94,7 @@ class LlamaCppEngine:
         return self.llm.generate(request.token_ids, temp=s.temperature, top_p=s.top_p, reset=True)  # type: ignore[no-any-return]
 
     async def stats(self, request: dict[str, object]) -> dict[str, int]:
-        return {"generating": self.generating, "cancelled": self.cancelled, "waiting": self._waiting}
+        return {**self.counts.as_dict(), "waiting": self._waiting}
 
     @on_shutdown
     async def close(self) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 
 from ...runtime import Context
 from ...sdk import ServiceContext, entrypoint, service
 from ..protocol import EngineOutput, EngineRequest
 from ..tokenizer import ByteTokenizer
-from . import serve_engine
-
-log = logging.getLogger("servemesh.llm.mock")
+from . import GenerationStats, serve_engine
 
 #: what the mock "model" says, as byte tokens (with multi-byte characters on purpose)
 MOCK_TEXT = "Hello from the mock engine. Café, naïve, 東京, 😀 — all streamed byte by byte. "
@@ -32,23 +29,18 @@ class MockEngine:
         self.latency_s = latency_s
         self.finish_after = finish_after
         self.tokens = list(MOCK_TEXT.encode("utf-8"))
-        self.generating = 0
-        self.cancelled = 0
-        self.served = 0
+        self.counts = GenerationStats()
 
     @entrypoint
     async def serve(self) -> None:
         await serve_engine(self.ctx, self.generate, self.stats, self.model, "mock")
 
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
-        self.generating += 1
-        self.served += 1
-        try:
+        with self.counts.track():
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
             delay = 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
-            limit = request.sampling.max_tokens
-            for i in range(limit):
+            for i in range(request.sampling.max_tokens):
                 if self.finish_after is not None and i >= self.finish_after:
                     yield EngineOutput(token_ids=[ByteTokenizer.EOS], finish_reason="stop")
                     return
@@ -56,13 +48,7 @@ class MockEngine:
                     await asyncio.sleep(delay)
                 yield EngineOutput(token_ids=[self.tokens[i % len(self.tokens)]])
             yield EngineOutput(finish_reason="length")
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled += 1
-            log.info("generation cancelled by the caller")
-            raise
-        finally:
-            self.generating -= 1
 
     async def stats(self, request: dict[str, object]) -> dict[str, int]:
         """How many generations run now and how many were cancelled (for tests and ops)."""
-        return {"generating": self.generating, "cancelled": self.cancelled, "served": self.served}
+        return self.counts.as_dict()
