@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-Transport = Literal["tcp", "nats"]
+Transport = Literal["tcp", "nats", "memory"]
 
 _PREFIX = "SERVEMESH_"
 
@@ -33,7 +33,8 @@ class Settings:
     etcd: str | None = None
     #: NATS URL, ``nats://host:port``; needed only for the nats transport.
     nats: str | None = None
-    #: how this process serves its endpoints: ``tcp`` (default) or ``nats``.
+    #: how this process serves its endpoints: ``tcp`` (default), ``nats``, or ``memory``
+    #: (the in-process twin of a network transport, for tests).
     transport: Transport = "tcp"
     #: address the TCP request plane binds to.
     host: str = "127.0.0.1"
@@ -56,26 +57,33 @@ class Settings:
     connect_timeout: float = 3.0
     #: items a server may send on a stream before the client grants more.
     stream_window: int = 512
+    #: bytes of items a server may send on a stream before the client grants more.
+    stream_window_bytes: int = 4 * 1024 * 1024
+    #: seconds a call waits for a matching instance to appear before ``NoInstancesError``
+    #: (covers start-up and rolling restarts); 0 fails at once.
+    instance_wait: float = 5.0
     #: most concurrent streams one process serves per endpoint (then Overloaded).
     max_concurrency: int = 4096
     #: where ``servemesh up`` records the local etcd / nats-server.
     state_dir: str = field(default_factory=_default_state_dir)
 
     def __post_init__(self) -> None:
-        if self.transport not in ("tcp", "nats"):
-            raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp' or 'nats', not {self.transport!r}")
+        if self.transport not in ("tcp", "nats", "memory"):
+            raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp', 'nats' or 'memory', not {self.transport!r}")
         if self.transport == "nats" and not self.nats:
             raise ConfigError("the nats transport needs a NATS URL: set SERVEMESH_NATS or run `servemesh up`")
         if self.on_lease_lost not in ("reregister", "exit"):
             raise ConfigError(
                 f"SERVEMESH_ON_LEASE_LOST must be 'reregister' or 'exit', not {self.on_lease_lost!r}"
             )
-        for name in ("lease_ttl", "max_payload", "stream_window", "max_concurrency"):
+        for name in ("lease_ttl", "max_payload", "stream_window", "stream_window_bytes", "max_concurrency"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("drain_timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
+        if self.instance_wait < 0:
+            raise ConfigError(f"SERVEMESH_INSTANCE_WAIT must be 0 or more seconds, not {self.instance_wait}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"SERVEMESH_PORT must be 0..65535, not {self.port}")
 

@@ -19,26 +19,49 @@
 
 Workers raise these (or their own exceptions, which reach clients as
 ``RemoteError``); only the gateways map them to HTTP status codes.
+
+Every class has a wire ``kind`` and the constructor arguments it is rebuilt
+from (``wire_fields``), so an error keeps its class and its fields across any
+number of hops; ``servemesh.runtime.errortable`` is the one place that turns
+them into frames and back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 
 class ServemeshError(Exception):
     """Base class of every error servemesh raises."""
 
+    #: the error's name on the wire (``runtime.errortable``)
+    kind: ClassVar[str] = "internal"
+
+    def wire_fields(self) -> dict[str, Any]:
+        """The constructor arguments this error is rebuilt from on the other side."""
+        return {"message": str(self)}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(fields.get("message", ""))
+
 
 class ConfigError(ServemeshError):
     """Settings or arguments that cannot work together."""
+
+    kind = "config"
 
 
 class ProtocolError(ServemeshError):
     """A wire frame that cannot be decoded."""
 
+    kind = "protocol"
+
 
 class FrameTooLarge(ProtocolError):
+    kind = "frame_too_large"
+
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self.limit = limit
@@ -47,29 +70,46 @@ class FrameTooLarge(ProtocolError):
             "(raise SERVEMESH_MAX_PAYLOAD on both sides or send less)"
         )
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"size": self.size, "limit": self.limit}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(int(fields.get("size", 0)), int(fields.get("limit", 0)))
+
 
 class SerializationError(ServemeshError, TypeError):
     """A value that the wire codec cannot encode."""
+
+    kind = "serialization"
 
 
 class DiscoveryError(ServemeshError):
     """The discovery backend failed or could not be reached."""
 
+    kind = "discovery"
+
 
 class NoInstancesError(ServemeshError):
+    kind = "no_instances"
+
     def __init__(
         self,
         endpoint: str,
         known: Sequence[str] = (),
         capabilities: dict[str, object] | None = None,
+        waited: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.known = list(known)
         self.capabilities = capabilities
+        self.waited = waited
         namespace = endpoint.split(".", 1)[0]
         parts = [f"no live instances of {endpoint}"]
         if capabilities:
             parts[0] += f" with capabilities {capabilities}"
+        if waited:
+            parts[0] += f" (waited {waited:g} s for one)"
         if self.known:
             parts.append(f"endpoints that exist in namespace {namespace!r}: {', '.join(self.known)}")
         else:
@@ -77,16 +117,36 @@ class NoInstancesError(ServemeshError):
         parts.append(f"list instances with `servemesh ls {namespace}`")
         super().__init__("; ".join(parts))
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "known": self.known, "capabilities": self.capabilities,
+                "waited": self.waited}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("endpoint", "")), list(fields.get("known") or ()),
+                   fields.get("capabilities"), float(fields.get("waited") or 0.0))
+
 
 class InstanceUnavailable(ServemeshError):
+    kind = "unavailable"
+
     def __init__(self, instance_id: int, address: str, reason: str) -> None:
         self.instance_id = instance_id
         self.address = address
         self.reason = reason
         super().__init__(f"instance {instance_id:x} at {address} is unavailable: {reason}")
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"instance_id": self.instance_id, "address": self.address, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(int(fields.get("instance_id", 0)), str(fields.get("address", "")), str(fields.get("reason", "")))
+
 
 class StreamIncomplete(ServemeshError):
+    kind = "incomplete"
+
     def __init__(self, endpoint: str, instance_id: int, received: int, reason: str) -> None:
         self.endpoint = endpoint
         self.instance_id = instance_id
@@ -97,8 +157,19 @@ class StreamIncomplete(ServemeshError):
             f"items without its end-of-stream frame: {reason}"
         )
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "instance_id": self.instance_id, "received": self.received,
+                "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("endpoint", "")), int(fields.get("instance_id", 0)),
+                   int(fields.get("received", 0)), str(fields.get("reason", "")))
+
 
 class RemoteError(ServemeshError):
+    kind = "remote"
+
     def __init__(self, remote_type: str, message: str, endpoint: str = "") -> None:
         self.remote_type = remote_type
         self.message = message
@@ -106,16 +177,30 @@ class RemoteError(ServemeshError):
         where = f" in {endpoint}" if endpoint else ""
         super().__init__(f"handler{where} raised {remote_type}: {message}")
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"remote_type": self.remote_type, "message": self.message, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("remote_type", "Exception")), str(fields.get("message", "")),
+                   str(fields.get("endpoint", "")))
+
 
 class Cancelled(ServemeshError):
     """The request was cancelled by its caller or by a stopped context."""
+
+    kind = "cancelled"
 
 
 class DeadlineExceeded(ServemeshError):
     """The request's deadline passed before the stream finished."""
 
+    kind = "deadline"
+
 
 class ValidationError(ServemeshError, ValueError):
+    kind = "validation"
+
     def __init__(self, message: str, field: str | None = None, endpoint: str = "") -> None:
         self.field = field
         self.message = message
@@ -124,9 +209,27 @@ class ValidationError(ServemeshError, ValueError):
         at = f"field {field!r}: " if field else ""
         super().__init__(f"invalid request for {where}{at}{message}")
 
+    def wire_fields(self) -> dict[str, Any]:
+        return {"message": self.message, "field": self.field, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        field = fields.get("field")
+        return cls(str(fields.get("message", "")), None if field is None else str(field),
+                   str(fields.get("endpoint", "")))
+
 
 class Overloaded(ServemeshError):
+    kind = "overloaded"
+
     def __init__(self, endpoint: str, limit: int) -> None:
         self.endpoint = endpoint
         self.limit = limit
         super().__init__(f"{endpoint} is at its limit of {limit} concurrent streams; retry later")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "limit": self.limit}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("endpoint", "")), int(fields.get("limit", 0)))

@@ -16,11 +16,12 @@ from ..errors import (
     Overloaded,
     ServemeshError,
 )
-from .annotated import Annotated
 from .context import Context
 from .records import InstanceRecord, capabilities_match, instance_prefix
 from .routing import Random, RoundRobin, Router, make_router
-from .stream import LocalStream, RemoteStream
+from .serving import ANNOTATED, DATA
+from .stream import RemoteStream
+from .transport.base import ClientStream
 
 if TYPE_CHECKING:
     from .component import Endpoint
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from .distributed import DistributedRuntime
 
 log = logging.getLogger("servemesh.client")
-
-
-Source = RemoteStream | LocalStream
 
 
 class InstanceInfo(NamedTuple):
@@ -57,7 +55,7 @@ class Client:
         self._changed = asyncio.Event()
         self._watch: WatchHandle | None = None
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
         self._watch = await self.runtime.discovery.watch(self._prefix, self)
 
     @property
@@ -109,23 +107,33 @@ class Client:
 
     async def wait_for_instances(self, timeout: float | None = None) -> list[int]:
         """Wait until at least one matching instance is live; ``NoInstancesError`` on timeout."""
+        if not await self._wait_live(timeout):
+            raise await self._no_instances(timeout or 0.0)
+        return self.instance_ids()
+
+    async def _wait_live(self, timeout: float | None) -> bool:
+        """True once a matching instance is live, False after ``timeout`` seconds."""
+        if self._live():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
         try:
             async with asyncio.timeout(timeout):
                 while not self._live():
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
-            raise await self._no_instances() from None
-        return self.instance_ids()
+            return bool(self._live())
+        return True
 
-    async def _no_instances(self) -> NoInstancesError:
+    async def _no_instances(self, waited: float = 0.0) -> NoInstancesError:
         e = self.endpoint
         try:
             records = await self.runtime.discovery.list(instance_prefix(e.namespace))
             known = sorted({r.path for r in records})
         except ServemeshError:
             known = []
-        return NoInstancesError(e.path, known, self.capabilities or None)
+        return NoInstancesError(e.path, known, self.capabilities or None, waited)
 
     # -- calls ------------------------------------------------------------------------
     def generate(self, request: Any, *, context: Context | None = None,
@@ -158,13 +166,14 @@ class Client:
             return None
         return live[router.choose(candidates, self._load)]
 
-    async def _connect(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source:
-        source = await self.runtime._open(record, request, ctx)
+    async def _connect(self, record: InstanceRecord, request: Any, ctx: Context | None) -> ClientStream:
+        plane = self.runtime.plane
+        source = plane.open_nowait(record, request, ctx) or await plane.open(record, request, ctx)
         self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
 
-    def _connect_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> Source | None:
-        source = self.runtime._open_nowait(record, request, ctx)
+    def _connect_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> ClientStream | None:
+        source = self.runtime.plane.open_nowait(record, request, ctx)
         if source is not None:
             self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
@@ -180,7 +189,7 @@ class Client:
         watch, self._watch = self._watch, None
         if watch is not None:
             await watch.close()
-        self.runtime._clients.discard(self)
+        self.runtime.forget_client(self)
 
     def __repr__(self) -> str:
         return f"Client({self.endpoint.path}, instances={[f'{i:x}' for i in self.instance_ids()]})"
@@ -189,12 +198,17 @@ class Client:
 class ResponseStream:
     """One call's response: an async iterator of ``Annotated`` items (or plain data).
 
-    Failover: if the chosen instance cannot be reached, or refuses, before any item
-    arrived, the call moves to another instance. After items arrived, a cut stream
-    raises ``StreamIncomplete``. Leaving the loop early (``break``, ``aclose()``, the
-    caller's task cancelled) cancels the remote handler."""
+    While no matching instance is live, the call waits for one up to
+    ``Settings.instance_wait`` (start-up, rolling restarts). Failover: if the chosen
+    instance cannot be reached, or refuses, before any item arrived, the call moves
+    to another instance. After items arrived, a cut stream raises
+    ``StreamIncomplete``. Leaving the loop early (``break``, ``aclose()``, the
+    caller's task cancelled) cancels the handler.
 
-    __slots__ = ("__weakref__", "_annotated", "_client", "_ctx", "_done", "_it", "_pinned", "_record",
+    An in-process call is iterated as the serving path's own generator
+    (``serving.Call.items``): no extra layer per item."""
+
+    __slots__ = ("__weakref__", "_annotated", "_chosen", "_client", "_ctx", "_done", "_it", "_pinned", "_record",
                  "_request", "_router", "_src", "_timer", "_tried", "_unlink")
 
     def __init__(self, client: Client, request: Any, ctx: Context | None, annotated: bool,
@@ -205,8 +219,10 @@ class ResponseStream:
         self._annotated = annotated
         self._router = router
         self._pinned = pinned
-        self._src: Source | None = None
+        self._src: ClientStream | None = None
         self._record: InstanceRecord | None = None
+        #: chosen by the fast path but not opened there (the connection was not up)
+        self._chosen: InstanceRecord | None = None
         self._tried: set[int] = set()
         self._done = False
         self._unlink: Callable[[], None] | None = None
@@ -226,6 +242,12 @@ class ResponseStream:
         # drops it (break), the loop's asyncgen hook closes it, which cancels the call.
         if self._it is not None:
             return self._it
+        if self._src is None and not self._done:
+            local = self._open_local()
+            if local is not None:
+                return local
+        elif self._src is not None and not self._src.refusable:
+            return self._src.items(ANNOTATED if self._annotated else DATA)
         return _iterate(self)
 
     def __anext__(self) -> Any:
@@ -233,7 +255,7 @@ class ResponseStream:
             # Held here while the stream runs; the reference cycle it makes is broken
             # when the stream ends or is closed. A stream dropped half-way without
             # aclose() is cancelled when the garbage collector finds it.
-            self._it = _iterate(self)
+            self._it = self.__aiter__()
         return self._it.__anext__()
 
     async def __aenter__(self) -> ResponseStream:
@@ -247,28 +269,72 @@ class ResponseStream:
         """The instance serving this stream (once opened)."""
         return None if self._record is None else self._record.instance_id
 
-    async def _open(self) -> Source:
+    def _check_context(self) -> None:
         ctx = self._ctx
         if ctx is not None:
             if ctx.is_stopped():
                 raise Cancelled(f"context {ctx.id} was stopped before calling {self._client.endpoint.path}")
             if ctx.expired():
                 raise DeadlineExceeded(f"deadline passed before calling {self._client.endpoint.path}")
+
+    def _open_local(self) -> AsyncGenerator[Any, None] | None:
+        """The in-process fast path: open without awaiting and hand over the serving
+        generator itself. None when the call needs the general path."""
         client = self._client
-        last_error: ServemeshError | None = None
+        record = client._choose(self._router, self._tried, self._pinned)
+        if record is None:
+            return None
+        self._check_context()
+        try:
+            src = client._connect_nowait(record, self._request, self._ctx)
+        except (InstanceUnavailable, Overloaded):
+            return None  # refused: the general path fails over
+        except BaseException:
+            self._done = True
+            raise
+        if src is None:
+            self._chosen = record
+            return None
+        self._tried.add(record.instance_id)
+        self._opened(src, record)
+        if src.refusable:
+            return None
+        return src.items(ANNOTATED if self._annotated else DATA)
+
+    def _opened(self, src: ClientStream, record: InstanceRecord) -> None:
+        self._src = src
+        self._record = record
+        if not src.refusable:
+            src.on_close = self._finish  # type: ignore[attr-defined]
+        ctx = self._ctx
+        if ctx is not None and self._unlink is None:
+            self._unlink = ctx.on_stop(self._on_stop)
+            remaining = ctx.remaining()
+            if remaining is not None:
+                self._timer = asyncio.get_running_loop().call_later(remaining, self._on_deadline)
+
+    async def _open(self, last_error: ServemeshError | None = None) -> ClientStream:
+        self._check_context()
+        client = self._client
+        waited = bool(self._tried)  # the grace is for a call that found nothing yet, not a failover
         while True:
-            record = client._choose(self._router, self._tried, self._pinned)
+            record, self._chosen = self._chosen, None
             if record is None:
+                record = client._choose(self._router, self._tried, self._pinned)
+            if record is None:
+                if last_error is None and self._pinned is None and not waited:
+                    waited = True  # nothing live yet: wait a bounded time for an instance to appear
+                    if await client._wait_live(self._grace()):
+                        continue
                 self._done = True
                 if last_error is not None:
                     raise last_error
                 if self._pinned is not None:
                     raise NoInstancesError(f"{client.endpoint.path} (instance {self._pinned:x})", [])
-                raise await client._no_instances()
+                raise await client._no_instances(self._grace())
             self._tried.add(record.instance_id)
             try:
-                src = client._connect_nowait(record, self._request, ctx) or await client._connect(
-                    record, self._request, ctx)
+                src = await client._connect(record, self._request, self._ctx)
             except InstanceUnavailable as exc:
                 client.quarantine(record.instance_id)
                 last_error = exc
@@ -279,14 +345,13 @@ class ResponseStream:
             except BaseException:
                 self._done = True
                 raise
-            self._src = src
-            self._record = record
-            if ctx is not None and self._unlink is None:
-                self._unlink = ctx.on_stop(self._on_stop)
-                remaining = ctx.remaining()
-                if remaining is not None:
-                    self._timer = asyncio.get_running_loop().call_later(remaining, self._on_deadline)
+            self._opened(src, record)
             return src
+
+    def _grace(self) -> float:
+        grace = self._client.runtime.settings.instance_wait
+        remaining = self._ctx.remaining() if self._ctx is not None else None
+        return grace if remaining is None else max(min(grace, remaining), 0.0)
 
     def _on_stop(self) -> None:
         if self._src is not None:
@@ -316,7 +381,7 @@ class ResponseStream:
             self._timer = None
 
     async def aclose(self) -> None:
-        """Stop the stream; the remote handler is cancelled if it is still running."""
+        """Stop the stream; the handler is cancelled if it is still running."""
         it, self._it = self._it, None
         if it is not None:
             await it.aclose()
@@ -338,36 +403,16 @@ class ResponseStream:
 
 
 async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
-    """The iteration of one ``ResponseStream``."""
+    """The iteration of one ``ResponseStream`` over a transport that may still refuse it."""
     if self._done:
         return
     src = self._src if self._src is not None else await self._open()
     annotated = self._annotated
     try:
         while True:
-            if type(src) is LocalStream:
-                # in-process hot path: the handler's own generator, two frames per item
-                src.task = asyncio.current_task()
-                try:
-                    if annotated:
-                        async for item in src.agen:
-                            yield item if type(item) is Annotated else Annotated(item)
-                            if src.interrupted is not None:
-                                break  # stopped while the caller held the item
-                    else:
-                        async for item in src.agen:
-                            yield item.data() if type(item) is Annotated else item
-                            if src.interrupted is not None:
-                                break
-                except BaseException as exc:
-                    mapped = await src.failed(exc)
-                    if mapped is exc:
-                        raise
-                    raise mapped from (None if isinstance(mapped, (Cancelled, DeadlineExceeded)) else exc)
-                if src.interrupted is not None:
-                    await src.aclose()
-                    raise src.interrupted
-                src.completed()
+            if not src.refusable:  # in-process, opened after waiting for an instance
+                async for item in src.items(ANNOTATED if annotated else DATA):
+                    yield item
                 return
             remote = cast(RemoteStream, src)
             try:
@@ -375,13 +420,14 @@ async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
             except StopAsyncIteration:
                 return
             except (InstanceUnavailable, Overloaded) as exc:
+                record = self._record
                 self._release()
-                if remote.received or self._pinned is not None or self._done:
+                if not remote.refused or remote.received or self._pinned is not None or self._done:
                     raise
-                if isinstance(exc, InstanceUnavailable) and self._record is not None:
-                    self._client.quarantine(self._record.instance_id)
+                if isinstance(exc, InstanceUnavailable) and record is not None:
+                    self._client.quarantine(record.instance_id)
                 self._src = None
-                src = await self._open()
+                src = await self._open(exc)
                 continue
             yield remote.wrap(item, annotated)
     finally:

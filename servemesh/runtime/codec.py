@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from ..errors import FrameTooLarge, ProtocolError, SerializationError
+from .errortable import Kind
 
 HEADER = 4
 
@@ -25,6 +26,8 @@ class Request(msgspec.Struct, tag=1, array_like=True, omit_defaults=True):
     window: int
     timeout_ms: int | None = None
     metadata: dict[str, Any] | None = None
+    #: bytes of items the server may send ahead of the caller's credit (0: the server's default)
+    window_bytes: int = 0
 
 
 class Item(msgspec.Struct, tag=2, array_like=True, omit_defaults=True):
@@ -42,11 +45,13 @@ class End(msgspec.Struct, tag=3, array_like=True):
 
 
 class Error(msgspec.Struct, tag=4, array_like=True, omit_defaults=True):
+    """The end of a stream that failed: an error of ``errortable`` as ``(kind, fields)``."""
+
     sid: int
-    kind: str  # remote | validation | no_endpoint | unavailable | overloaded | cancelled | deadline
-    error_type: str
-    message: str
-    field: str | None = None
+    kind: Kind  # a closed set: any other kind is a malformed frame
+    fields: dict[str, Any] | None = None
+    #: the instance refused the stream before running its handler (the caller may fail over)
+    refused: bool = False
 
 
 class Cancel(msgspec.Struct, tag=5, array_like=True):
@@ -82,20 +87,22 @@ def to_builtins(obj: Any) -> Any:
         raise SerializationError(str(exc)) from exc
 
 
-def append_frame(buf: bytearray, frame: Frame, limit: int) -> None:
-    """Append ``frame`` to ``buf`` with its length prefix; the buffer is unchanged on error."""
+def append_frame(buf: bytearray, frame: Frame, limit: int) -> int:
+    """Append ``frame`` to ``buf`` with its length prefix and return its body size;
+    the buffer is unchanged on error."""
     start = len(buf)
     buf.extend(b"\0\0\0\0")
     try:
         _encoder.encode_into(frame, buf, -1)
-    except (TypeError, OverflowError) as exc:
+    except Exception as exc:  # any failure (a lone surrogate, a huge int, ...) leaves no partial frame
         del buf[start:]
-        raise SerializationError(str(exc)) from exc
+        raise SerializationError(f"cannot encode the message: {exc}") from exc
     size = len(buf) - start - HEADER
     if size > limit:
         del buf[start:]
         raise FrameTooLarge(size, limit)
     buf[start:start + HEADER] = size.to_bytes(HEADER, "big")
+    return size
 
 
 def encode(frame: Frame, limit: int = 1 << 31) -> bytes:
@@ -122,13 +129,15 @@ def decode(data: bytes) -> Frame:
 
 
 class FrameDecoder:
-    """Incremental decoder for a byte stream: ``feed`` returns the whole frames so far."""
+    """Incremental decoder for a byte stream: ``feed`` returns the whole frames so far,
+    and ``sizes`` the body size of each (for byte-based flow control)."""
 
-    __slots__ = ("_buf", "_limit")
+    __slots__ = ("_buf", "_limit", "sizes")
 
     def __init__(self, limit: int) -> None:
         self._buf = bytearray()
         self._limit = limit
+        self.sizes: list[int] = []
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
@@ -138,6 +147,7 @@ class FrameDecoder:
         else:
             view = memoryview(data)
         frames: list[Frame] = []
+        sizes = self.sizes = []
         pos = 0
         end = len(view)
         limit = self._limit
@@ -152,6 +162,7 @@ class FrameDecoder:
                     break
                 try:
                     frames.append(decode_one(view[pos + HEADER:stop]))
+                    sizes.append(size)
                 except msgspec.DecodeError as exc:
                     raise ProtocolError(f"malformed frame: {exc}") from exc
                 pos = stop

@@ -34,7 +34,7 @@ class Component:
     async def create_service(self) -> None:
         """Prepare this process to serve the component's endpoints (starts the request
         plane). Optional: ``serve_endpoint`` does it too."""
-        await self.runtime._ensure_request_plane()
+        await self.runtime.start()
 
     def endpoint(self, name: str) -> Endpoint:
         return Endpoint(self, name)
@@ -64,13 +64,14 @@ class Endpoint:
 
         The endpoint is callable before it becomes visible in discovery, and leaves
         discovery before it stops taking requests. With ``graceful_shutdown`` the
-        call returns once in-flight streams finished (up to the drain timeout)."""
-        await self.runtime._serve(self, handler, capabilities, graceful_shutdown)
+        call returns once in-flight streams finished (up to the drain timeout).
+        ``await runtime.wait_served(path)`` returns once it is registered and callable."""
+        await self.runtime.serve(self, handler, capabilities, graceful_shutdown)
 
     async def client(self, router: RouterName = "round_robin",
                      capabilities: dict[str, Any] | None = None) -> Client:
         """A client of this endpoint, watching its live instances."""
-        return await self.runtime._client(self, router, capabilities)
+        return await self.runtime.client(self, router, capabilities)
 
     def __repr__(self) -> str:
         return f"Endpoint({self.path!r})"

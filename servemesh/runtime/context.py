@@ -34,7 +34,7 @@ class Context:
             raise ConfigError("give a Context either timeout= or deadline=, not both")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"Context timeout must be positive, not {timeout}")
-        self._id = id or _new_id()
+        self._id = id or None  # made on first use: most in-process calls never ask
         self.metadata: dict[str, Any] = dict(metadata) if metadata else {}
         #: absolute ``time.monotonic()`` deadline, or ``None``.
         self.deadline = deadline if timeout is None else time.monotonic() + timeout
@@ -44,6 +44,8 @@ class Context:
     @property
     def id(self) -> str:
         """The request id; it travels with every downstream call made with this context."""
+        if self._id is None:
+            self._id = _new_id()
         return self._id
 
     def remaining(self) -> float | None:

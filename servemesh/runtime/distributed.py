@@ -1,32 +1,40 @@
-"""``DistributedRuntime``: owns discovery, transports and every background task."""
+"""``DistributedRuntime``: owns discovery, the request plane and every background task."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import ConfigError, InstanceUnavailable, Overloaded, ServemeshError
+from ..errors import ServemeshError
 from .client import Client
 from .component import Component, Endpoint, Namespace
-from .context import Context
 from .discovery.base import Discovery
 from .discovery.memory import MemoryDiscovery
 from .handler import Handler, adapt
 from .metrics import RuntimeMetrics
+from .plane import RequestPlane
 from .records import InstanceRecord, split_path
 from .serving import ServedEndpoint
-from .stream import LocalStream, RemoteStream
 from .tasks import TaskSet, within
-from .transport import nats as nats_transport
-from .transport.nats import NatsClientPlane, NatsServerPlane
-from .transport.tcp import TcpClientPool, TcpServer
 
 if TYPE_CHECKING:
     from ..http import HttpServer
 
 log = logging.getLogger("servemesh.runtime")
+
+
+class RuntimeState(enum.Enum):
+    """Where a runtime is in its life; it only moves forward."""
+
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"  # left discovery, refusing new streams, letting in-flight ones finish
+    STOPPED = "stopped"
 
 
 class DistributedRuntime:
@@ -47,23 +55,21 @@ class DistributedRuntime:
         self._own_discovery = discovery is None
         self.discovery: Discovery = discovery or self._make_discovery()
         self.metrics = RuntimeMetrics()
+        #: background work of the runtime and its transports' users (closed at shutdown)
         self.tasks = TaskSet("runtime")
+        #: the shutdown itself, which outlives ``tasks``
+        self._lifecycle = TaskSet("runtime lifecycle")
+        self.state = RuntimeState.CREATED
         self._served: dict[str, ServedEndpoint] = {}
         self._records: dict[str, InstanceRecord] = {}
+        self._ready: dict[str, asyncio.Event] = {}
         self._clients: set[Client] = set()
-        self._tcp_server: TcpServer | None = None
-        self._tcp_pool = TcpClientPool(limit=settings.max_payload, connect_timeout=settings.connect_timeout)
-        self._nats: Any = None  # one NATS connection, opened on first need
-        self._nats_server: NatsServerPlane | None = None
-        self._nats_client: NatsClientPlane | None = None
+        self._plane: RequestPlane | None = None
         self._system: HttpServer | None = None
-        self._plane_lock = asyncio.Lock()
-        self._started = False
-        self._stopping = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+        self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
-        self._shutting_down = False
-        self._shutdown_task: asyncio.Task[None] | None = None
 
     def _make_discovery(self) -> Discovery:
         s = self.settings
@@ -88,19 +94,43 @@ class DistributedRuntime:
         """Base URL of this process's /health and /metrics server, if enabled."""
         return None if self._system is None else self._system.url
 
+    @property
+    def served(self) -> Mapping[str, ServedEndpoint]:
+        """The endpoints this process serves now, by path."""
+        return self._served
+
+    @property
+    def plane(self) -> RequestPlane:
+        """The request plane (transports); exists once the runtime started."""
+        if self._plane is None:
+            raise ServemeshError("the runtime has not started: `await runtime.start()` first")
+        return self._plane
+
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> DistributedRuntime:
-        if self._started:
+        if self.state is RuntimeState.RUNNING:
             return self
-        await self.discovery.start()
-        self._started = True
-        if self.settings.system_port is not None:
-            from ..http import HttpServer
-            from .system import system_app
+        async with self._start_lock:
+            if self.state is not RuntimeState.CREATED:
+                if self.state is RuntimeState.RUNNING:
+                    return self
+                raise ServemeshError(f"cannot start a runtime that is {self.state.value}")
+            self.state = RuntimeState.STARTING
+            try:
+                await self.discovery.start()
+            except BaseException:
+                self.state = RuntimeState.STOPPED
+                self._stopped.set()
+                raise
+            self._plane = RequestPlane(self.settings, self._served, self.instance_id, self.tasks, self.embedded)
+            if self.settings.system_port is not None:
+                from ..http import HttpServer
+                from .system import system_app
 
-            self._system = HttpServer(system_app(self), self.settings.host, self.settings.system_port)
-            self._system.start()
-            log.info("system port: %s (/health /live /ready /metrics)", self._system.url)
+                self._system = HttpServer(system_app(self), self.settings.host, self.settings.system_port)
+                self._system.start()
+                log.info("system port: %s (/health /live /ready /metrics)", self._system.url)
+            self.state = RuntimeState.RUNNING
         if self.embedded:
             log.info("servemesh runtime is embedded (in-memory discovery, in-process calls); "
                      "to go multi-process run `servemesh up` or set SERVEMESH_ETCD")
@@ -118,10 +148,10 @@ class DistributedRuntime:
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown from synchronous code (e.g. a signal handler).
         ``wait_stopped()`` returns when it is complete."""
-        if self._shutdown_task is None and not self._shutting_down:
-            self._stopping.set()
-            self._shutdown_task = asyncio.get_running_loop().create_task(
-                self.shutdown(), name="servemesh-shutdown")
+        if self.state in (RuntimeState.CREATED, RuntimeState.STARTING, RuntimeState.RUNNING) \
+                and not self._draining.is_set():
+            self._draining.set()
+            self._lifecycle.spawn(self.shutdown(), name="servemesh-shutdown")
 
     def _fatal(self, exc: BaseException) -> None:
         self.fatal_error = exc
@@ -129,54 +159,45 @@ class DistributedRuntime:
 
     @property
     def is_stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._draining.is_set()
 
     async def wait_stopped(self) -> None:
+        """Return once the runtime has stopped and its shutdown task has ended."""
         await self._stopped.wait()
+        await self._lifecycle.join()
 
     async def shutdown(self, graceful: bool = True) -> None:
         """Leave discovery, stop taking requests, let in-flight streams finish
         (``graceful``, up to ``drain_timeout``), then close everything."""
-        if self._stopped.is_set():
-            return
-        if self._shutting_down:
+        if self.state in (RuntimeState.DRAINING, RuntimeState.STOPPED):
             await self._stopped.wait()
             return
-        self._shutting_down = True
-        self._stopping.set()
+        started = self.state is not RuntimeState.CREATED
+        self.state = RuntimeState.DRAINING
+        self._draining.set()
         try:
             for record in list(self._records.values()):
                 await self._unregister_quietly(record)
             for served in self._served.values():
                 served.accepting = False
             if graceful and self._served:
-                pending = [s.drained() for s in self._served.values()]
                 try:
-                    await within(asyncio.gather(*pending), self.settings.drain_timeout)
+                    await within(asyncio.gather(*(s.drained() for s in self._served.values())),
+                                 self.settings.drain_timeout)
                 except TimeoutError:
                     log.warning("drain timeout (%ss): cancelling streams still in flight",
                                 self.settings.drain_timeout)
             for client in list(self._clients):
                 await client.close()
-            if self._tcp_server is not None:
-                await self._tcp_server.close()
-            await self._tcp_pool.close()
-            if self._nats_server is not None:
-                await self._nats_server.close()
-            if self._nats_client is not None:
-                await self._nats_client.close()
-            if self._nats is not None:
-                try:
-                    await within(self._nats.drain(), self.settings.connect_timeout)
-                except Exception as exc:
-                    log.debug("nats drain: %r", exc)
-                    await self._nats.close()
+            if self._plane is not None:
+                await self._plane.close()
             await self.tasks.close()
             if self._system is not None:
                 await self._system.stop()
-            if self._started:
+            if started:
                 await self.discovery.close()
         finally:
+            self.state = RuntimeState.STOPPED
             self._stopped.set()
 
     # -- naming ------------------------------------------------------------------------
@@ -189,80 +210,67 @@ class DistributedRuntime:
         return Component(Namespace(self, ns), comp).endpoint(ep)
 
     # -- serving -----------------------------------------------------------------------
-    async def _nats_connection(self) -> Any:
-        async with self._plane_lock:
-            if self._nats is None:
-                if not self.settings.nats:
-                    raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
-                name = f"servemesh-{self.instance_id:x}"
-                timeout = self.settings.connect_timeout
-                self._nats = await nats_transport.connect(self.settings.nats, name, timeout)
-            return self._nats
-
-    async def _ensure_request_plane(self) -> dict[str, str]:
-        await self.start()
-        if self.embedded:
-            return {"inproc": f"{self.instance_id:x}"}
-        if self.settings.transport == "nats":
-            nc = await self._nats_connection()
-            if self._nats_server is None:
-                self._nats_server = NatsServerPlane(nc, self._served, self.settings.max_payload)
-            return {"nats_tcp": ""}
-        async with self._plane_lock:
-            if self._tcp_server is None:
-                s = self.settings
-                server = TcpServer(self._served, host=s.host, port=s.port, public_host=s.public_host,
-                                   limit=s.max_payload)
-                await server.start()
-                self._tcp_server = server
-        return {"tcp": self._tcp_server.address}
-
-    async def _serve(self, endpoint: Endpoint, handler: Handler, capabilities: dict[str, Any] | None,
-                     graceful: bool) -> None:
+    async def serve(self, endpoint: Endpoint, handler: Handler, capabilities: dict[str, Any] | None,
+                    graceful: bool) -> None:
+        """Serve ``handler`` as ``endpoint`` until shutdown (``Endpoint.serve_endpoint``)."""
         path = endpoint.path
+        await self.start()
         if path in self._served:
             raise ServemeshError(f"{path} is already served by this process")
         if self.is_stopping:
             raise ServemeshError(f"cannot serve {path}: the runtime is shutting down")
         adapted = adapt(handler, endpoint=path)
-        transport = await self._ensure_request_plane()
-        if "nats_tcp" in transport:
-            transport = {"nats_tcp": nats_transport.instance_subject(
-                endpoint.namespace, endpoint.component, endpoint.name, self.instance_id)}
         record = InstanceRecord(
             component=endpoint.component, endpoint=endpoint.name, namespace=endpoint.namespace,
-            instance_id=self.instance_id, transport=transport, capabilities=dict(capabilities or {}),
+            instance_id=self.instance_id, transport={}, capabilities=dict(capabilities or {}),
             schema={"request": adapted.request_schema, "response": adapted.response_schema},
         )
-        served = ServedEndpoint(path, adapted, self.settings.max_concurrency, self.metrics.endpoint(path))
+        served = ServedEndpoint(path, adapted, self.settings.max_concurrency, self.metrics.endpoint(path),
+                                self.instance_id)
+        plane = self.plane
         self._served[path] = served  # callable first ...
         try:
-            if self._nats_server is not None and "nats_tcp" in transport:
-                await self._nats_server.add(path, transport["nats_tcp"])
+            transport = await plane.add(served, record)
+            record = InstanceRecord(**{**_fields(record), "transport": transport})
             await self.discovery.register(record)  # ... then visible
         except BaseException:
             del self._served[path]
-            if self._nats_server is not None:
-                await self._nats_server.remove(path)
+            await plane.remove(path)
             raise
         self._records[path] = record
+        self._ready_event(path).set()
         log.info("serving %s (instance %x, %s)", path, self.instance_id,
-                 ", ".join(f"{k}={v}" for k, v in transport.items()))
+                 ", ".join(f"{k}={v}" for k, v in record.transport.items()))
         try:
-            await self._stopping.wait()
+            await self._draining.wait()
             if graceful:
                 try:
                     await within(served.drained(), self.settings.drain_timeout)
                 except TimeoutError:
                     pass
         finally:
+            self._ready.pop(path, None)
             record = self._records.pop(path, record)
             await asyncio.shield(self._unregister_quietly(record))
-            if self._nats_server is not None and not self.is_stopping:
-                await self._nats_server.remove(path)
             served.accepting = False
             if not self.is_stopping:
+                await plane.remove(path)
                 self._served.pop(path, None)
+
+    def _ready_event(self, path: str) -> asyncio.Event:
+        event = self._ready.get(path)
+        if event is None:
+            event = self._ready[path] = asyncio.Event()
+        return event
+
+    async def wait_served(self, path: str, timeout: float | None = None) -> None:
+        """Return once this process serves ``path`` ("ns.component.endpoint"): callable
+        and registered in discovery. ``TimeoutError`` after ``timeout`` seconds."""
+        split_path(path)
+        if path in self._records:
+            return
+        async with asyncio.timeout(timeout):
+            await self._ready_event(path).wait()
 
     async def _unregister_quietly(self, record: InstanceRecord) -> None:
         try:
@@ -271,60 +279,26 @@ class DistributedRuntime:
             log.warning("could not unregister %s: %s", record.key, exc)
 
     # -- calling -----------------------------------------------------------------------
-    async def _client(self, endpoint: Endpoint, router: str, capabilities: dict[str, Any] | None) -> Client:
+    async def client(self, endpoint: Endpoint, router: str, capabilities: dict[str, Any] | None) -> Client:
+        """A client of ``endpoint`` (``Endpoint.client``), closed with the runtime."""
         await self.start()
+        if self.is_stopping:
+            raise ServemeshError(f"cannot create a client of {endpoint.path}: the runtime is shutting down")
         client = Client(self, endpoint, router, capabilities)
-        await client._start()
+        await client.start()
         self._clients.add(client)
         return client
 
-    def _open_nowait(self, record: InstanceRecord, request: Any,
-                     ctx: Context | None) -> RemoteStream | None:
-        """The common case without a coroutine: a remote instance whose connection is up."""
-        if record.instance_id != self.instance_id:
-            address = record.transport.get("tcp")
-            if address is not None:
-                conn = self._tcp_pool.get_nowait(address)
-                if conn is not None:
-                    return conn.open_stream(record.path, request, ctx, self.settings.stream_window,
-                                            record.instance_id)
-        return None
-
-    async def _open(self, record: InstanceRecord, request: Any,
-                    ctx: Context | None) -> RemoteStream | LocalStream:
-        path = record.path
-        if record.instance_id == self.instance_id:
-            served = self._served.get(path)
-            if served is not None:
-                refusal = served.refusal()
-                if refusal is not None:
-                    if refusal[0] == "overloaded":
-                        raise Overloaded(path, served.max_concurrency)
-                    raise InstanceUnavailable(record.instance_id, "in-process", refusal[1])
-                server_ctx = Context(ctx.id, ctx.metadata, deadline=ctx.deadline) if ctx else Context()
-                return LocalStream(served, request, server_ctx, self.tasks)
-        address = record.transport.get("tcp")
-        if address is not None:
-            conn = await self._tcp_pool.get(address, record.instance_id)
-            return conn.open_stream(path, request, ctx, self.settings.stream_window, record.instance_id)
-        subject = record.transport.get("nats_tcp")
-        if subject is not None:
-            if not self.settings.nats:
-                raise InstanceUnavailable(record.instance_id, record.address,
-                                          "it serves over NATS and this process has no SERVEMESH_NATS")
-            plane = self._nats_client
-            if plane is None:
-                nc = await self._nats_connection()
-                if self._nats_client is None:
-                    plane = NatsClientPlane(nc, self.settings.max_payload, probe_interval=1.0)
-                    await plane.start()
-                    self._nats_client = plane
-                plane = self._nats_client
-            return plane.open_stream(subject, path, request, ctx, self.settings.stream_window,
-                                     record.instance_id)
-        raise InstanceUnavailable(record.instance_id, record.address,
-                                  f"no transport this process can use ({', '.join(record.transport)})")
+    def forget_client(self, client: Client) -> None:
+        self._clients.discard(client)
 
     def __repr__(self) -> str:
         mode = "embedded" if self.embedded else self.discovery.kind
-        return f"DistributedRuntime({mode}, instance={self.instance_id:x})"
+        return f"DistributedRuntime({mode}, {self.state.value}, instance={self.instance_id:x})"
+
+
+def _fields(record: InstanceRecord) -> dict[str, Any]:
+    return {f: getattr(record, f) for f in record.__struct_fields__}
+
+
+__all__ = ["DistributedRuntime", "RuntimeState"]

@@ -1,53 +1,46 @@
-"""Server side of a stream, shared by every transport: validate, run, stream, end."""
+"""The serving path, one for every transport: admit, validate, run, account, map errors.
+
+A ``Call`` is the server side of one stream. Remote transports run it in a task
+they own (``drive``) and turn what it yields into frames; the in-process
+transport hands its ``items`` generator straight to the caller, so a local call
+runs the handler in the caller's task with no serialisation and no task hop.
+Either way the same code admits the request, validates it, takes the unary fast
+path, keeps the endpoint's accounting and maps the handler's errors
+(``errortable``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
-from ..errors import Cancelled, DeadlineExceeded, Overloaded, ServemeshError, ValidationError
+from ..errors import InstanceUnavailable, Overloaded, SerializationError, ServemeshError, ValidationError
 from .annotated import Annotated, unwrap
 from .context import Context
+from .errortable import as_servemesh_error
 from .handler import AdaptedHandler
 from .metrics import EndpointMetrics
+from .tasks import TaskSet
 
 log = logging.getLogger("servemesh.serving")
 
-#: errors a handler raises that reach its caller as themselves, not as RemoteError
-PASSTHROUGH: dict[type[ServemeshError], str] = {
-    ValidationError: "validation", DeadlineExceeded: "deadline", Cancelled: "cancelled",
-    Overloaded: "overloaded",
-}
-
-
-class ResponseSink(Protocol):
-    """Where a transport puts one stream's items. ``credit`` counts what may be sent."""
-
-    credit: int
-
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None: ...
-
-    async def wait_credit(self) -> None: ...
-
-    def end(self) -> None: ...
-
-    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        """Send the one item of a unary reply together with the end of the stream."""
-
-    def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None: ...
+#: what ``Call.items`` yields: handler items as they are, their data, or ``Annotated``
+RAW, DATA, ANNOTATED = 0, 1, 2
 
 
 class ServedEndpoint:
     """An endpoint this process serves, with its in-flight accounting."""
 
     def __init__(self, path: str, adapted: AdaptedHandler, max_concurrency: int,
-                 metrics: EndpointMetrics) -> None:
+                 metrics: EndpointMetrics, instance_id: int = 0) -> None:
         self.path = path
         self.adapted = adapted
         self.max_concurrency = max_concurrency
         self.metrics = metrics
+        self.instance_id = instance_id
         self.accepting = True
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -56,6 +49,14 @@ class ServedEndpoint:
     def validate(self, payload: Any) -> Any:
         validate = self.adapted.validate
         return payload if validate is None else validate(payload)
+
+    def admit(self) -> None:
+        """Raise why a new stream must be refused now (``InstanceUnavailable`` while
+        shutting down, ``Overloaded`` when full); the caller may try another instance."""
+        if not self.accepting:
+            raise InstanceUnavailable(self.instance_id, "this instance", f"{self.path} is shutting down")
+        if self.inflight >= self.max_concurrency:
+            raise Overloaded(self.path, self.max_concurrency)
 
     def enter(self) -> None:
         self.inflight += 1
@@ -71,69 +72,281 @@ class ServedEndpoint:
     async def drained(self) -> None:
         await self._idle.wait()
 
-    def refusal(self) -> tuple[str, str] | None:
-        """Why a new stream must be refused now, as (kind, message), or None."""
-        if not self.accepting:
-            return "unavailable", f"{self.path} is shutting down"
-        if self.inflight >= self.max_concurrency:
-            return "overloaded", f"{self.path} is at its limit of {self.max_concurrency} concurrent streams"
-        return None
 
+class Call:
+    """One request being served. Creating it admits and validates the request (raising
+    the refusal or ``ValidationError``, accounted); then either ``unary()`` or
+    ``items()`` runs the handler, exactly once."""
 
-async def drive(ep: ServedEndpoint, payload: Any, ctx: Context, sink: ResponseSink) -> None:
-    """Run one request to completion. Always ends the stream with ``end`` or ``error``,
-    except when cancelled, where the cancellation propagates (the caller decides what
-    the client is told)."""
-    started = time.perf_counter()
-    ep.enter()
-    outcome = "error"
-    try:
+    __slots__ = ("_closing", "_handler", "_interrupt", "_scoped", "_task", "_tasks", "closed", "ctx", "ep",
+                 "interruptible", "on_close", "outcome", "request", "started")
+
+    def __init__(self, ep: ServedEndpoint, payload: Any, ctx: Context) -> None:
+        ep.admit()
+        self.ep = ep
+        self.ctx = ctx
+        self.closed = False
+        self.outcome = "cancelled"
+        self.on_close: Callable[[], None] | None = None
+        self._handler: Any = None
+        self._interrupt: ServemeshError | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._scoped = False
+        #: something may call ``interrupt`` (a remote call, or a local one with a context)
+        self.interruptible = True
+        self._closing: asyncio.Task[Any] | None = None
+        #: where an interrupted in-process call closes its handler (set by that transport)
+        self._tasks: TaskSet | None = None
+        self.started = time.perf_counter()
+        ep.enter()
         try:
-            request = ep.validate(payload)
-        except ValidationError as exc:
-            sink.error("validation", "ValidationError", exc.message, exc.field)
-            outcome = "invalid"
-            return
+            self.request = ep.validate(payload)
+        except BaseException as exc:
+            self.finish("invalid" if isinstance(exc, ValidationError) else "error")
+            raise
+
+    #: refusals are raised when the call is created, never after
+    refusable = False
+
+    @property
+    def unary_handler(self) -> bool:
+        return self.ep.adapted.unary is not None
+
+    async def unary(self) -> Any:
+        """The one item of an ``async def`` handler, awaited directly (no generator)."""
+        unary = self.ep.adapted.unary
+        assert unary is not None
+        self._task = asyncio.current_task()
+        try:
+            item = await unary(self.request, self.ctx)
+        except BaseException as exc:
+            raise self._failed(exc) from _cause(exc)
+        self.finish("ok")
+        return item
+
+    async def items(self, mode: int = RAW) -> AsyncGenerator[Any, None]:
+        """The handler's items (``mode``: RAW, DATA or ANNOTATED), ending with its errors
+        mapped. Iterated by the caller's task (in-process) or a transport's task."""
+        if self.interruptible:
+            self._task = asyncio.current_task()
+        ep = self.ep
         try:
             unary = ep.adapted.unary
             if unary is not None:
-                data, event, comments, id_ = unwrap(await unary(request, ctx))
-                sink.final(data, event, comments, id_)
+                self._scoped = True  # an interrupt now ends the wait below
+                item = await unary(self.request, self.ctx)
+                self._scoped = False
+                if mode == DATA:
+                    yield item._data if type(item) is Annotated else item
+                elif mode == ANNOTATED:
+                    yield item if type(item) is Annotated else Annotated(item)
+                else:
+                    yield item
             else:
-                await _stream(ep.adapted.call(request, ctx), sink)
-        except asyncio.CancelledError:
-            ctx.stop_generating()
-            outcome = "cancelled"
+                handler = self._handler = ep.adapted.call(self.request, self.ctx)
+                try:
+                    # three copies of one loop: the per-item cost is the point of this path
+                    if mode == DATA:
+                        async for item in handler:
+                            yield item._data if type(item) is Annotated else item
+                    elif mode == ANNOTATED:
+                        async for item in handler:
+                            yield item if type(item) is Annotated else Annotated(item)
+                    else:
+                        async for item in handler:
+                            yield item
+                finally:
+                    await self._close_handler()
+                if self._interrupt is not None:  # the handler was closed by ``interrupt``
+                    raise self._interrupt
+            self.finish("ok")
+        except GeneratorExit:
+            self.ctx.stop_generating()
+            self.finish("cancelled")
             raise
-        except Exception as exc:
-            _report(ep, sink, exc)
+        except BaseException as exc:
+            raise self._failed(exc) from _cause(exc)
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """What the caller sees for ``exc`` out of the handler; closes the accounting."""
+        if isinstance(exc, asyncio.CancelledError):
+            task = self._task
+            if self._scoped and self._interrupt is not None and task is not None and task.uncancel() == 0:
+                # the cancellation was this stream's own interrupt (see ``interrupt``)
+                self.finish("cancelled")
+                return self._interrupt
+            self.ctx.stop_generating()
+            self.finish("cancelled")
+            return exc
+        if self._interrupt is not None:  # whatever the closed handler raised after that
+            self.finish("cancelled")
+            return self._interrupt
+        mapped = as_servemesh_error(exc, self.ep.path)
+        if isinstance(exc, ValidationError):
+            self.finish("invalid")
+        else:
+            if not isinstance(exc, ServemeshError):
+                log.debug("handler %s raised %r", self.ep.path, exc, exc_info=exc)
+            self.finish("error")
+        return mapped
+
+    def interrupt(self, exc: ServemeshError) -> None:
+        """Stop the handler and make the caller see ``exc`` (context stopped, deadline).
+
+        For an in-process call the handler runs in the caller's task. If that task is
+        waiting inside the handler now, the wait is ended the way ``asyncio.timeout``
+        ends one: a cancellation scoped to this stream's own frame, taken back
+        (``uncancel``) where the stream catches it, so it never escapes to the
+        caller's code. If the handler is parked at a ``yield``, it is closed now (its
+        cleanup finishing in a task of the runtime if it awaits), and the caller sees
+        ``exc`` on its next read."""
+        if self.closed or self._interrupt is not None:
             return
-        outcome = "ok"
-    finally:
-        ep.leave(outcome, started)
+        self._interrupt = exc
+        self.ctx.stop_generating()
+        handler = self._handler
+        running = self._scoped or (handler is not None and handler.ag_running)
+        if running and self._task is not None:
+            self._scoped = True
+            self._task.cancel(msg=str(exc))
+        elif handler is not None and self._closing is None:
+            self._close_parked(handler)
+
+    def _close_parked(self, handler: Any) -> None:
+        """Close a handler parked at a ``yield``: at once if its cleanup does not await,
+        else the rest of the cleanup runs in a task of the runtime."""
+        closing = handler.aclose()
+        try:
+            first = closing.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:  # the cleanup raised: nothing left to run
+            log.debug("closing %s raised %r", self.ep.path, exc)
+            return
+        if self._tasks is None:
+            closing.close()
+            return
+        self._closing = self._tasks.spawn(_finish(_Resumed(closing, first)), name=f"close {self.ep.path}")
+
+    async def _close_handler(self) -> None:
+        closing = self._closing
+        if closing is not None:
+            await asyncio.shield(closing)
+        elif self._handler is not None:
+            await self._handler.aclose()
+
+    def cancel(self) -> None:
+        """The caller left without closing: stop the handler's work and the accounting
+        (a started ``items`` generator is finalised by the event loop)."""
+        self.ctx.stop_generating()
+        if self._handler is None and not self._scoped:
+            self.finish("cancelled")
+
+    async def aclose(self) -> None:
+        """The caller closes the stream: close a handler parked at a ``yield`` now."""
+        self.ctx.stop_generating()
+        if self.closed:
+            return
+        handler = self._handler
+        if handler is not None and not handler.ag_running and not self._scoped:
+            await self._close_handler()
+        if not self._scoped:
+            self.finish("cancelled")
+
+    def finish(self, outcome: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outcome = outcome
+            self.ep.leave(outcome, self.started)
+            on_close = self.on_close
+            if on_close is not None:
+                self.on_close = None
+                on_close()
+
+    @property
+    def finished(self) -> bool:
+        return self.closed
+
+    @property
+    def interrupted(self) -> ServemeshError | None:
+        return self._interrupt
 
 
-async def _stream(agen: Any, sink: ResponseSink) -> None:
-    """Send every item of a generator handler, waiting for credit, then the end."""
-    try:
-        async for item in agen:
-            if sink.credit <= 0:
-                await sink.wait_credit()
-            if type(item) is Annotated:
-                sink.send(item._data, item.event, item.comments, item.id)
+class _Resumed:
+    """Await the rest of an awaitable that was already stepped once (it yielded ``first``)."""
+
+    __slots__ = ("_aw", "_first")
+
+    def __init__(self, aw: Any, first: Any) -> None:
+        self._aw = aw
+        self._first = first
+
+    def __await__(self) -> Any:
+        value = self._first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = self._aw.throw(exc)
+                except StopIteration:
+                    return
             else:
-                sink.send(item, None, None, None)
-    finally:
-        await agen.aclose()
-    sink.end()
+                try:
+                    value = self._aw.send(sent)
+                except StopIteration:
+                    return
 
 
-def _report(ep: ServedEndpoint, sink: ResponseSink, exc: Exception) -> None:
-    """Tell the caller how the handler failed."""
-    if isinstance(exc, ValidationError):  # a handler may validate further itself
-        sink.error("validation", "ValidationError", exc.message, exc.field)
-    elif isinstance(exc, ServemeshError):
-        sink.error(PASSTHROUGH.get(type(exc), "remote"), type(exc).__name__, str(exc))
-    else:
-        log.debug("handler %s raised %r", ep.path, exc, exc_info=True)
-        sink.error("remote", type(exc).__name__, str(exc))
+async def _finish(resumed: _Resumed) -> None:
+    await resumed
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    return None if isinstance(exc, (asyncio.CancelledError, ServemeshError)) else exc
+
+
+class ResponseSink(Protocol):
+    """Where a remote transport puts one stream's response."""
+
+    def ready(self) -> bool:
+        """True while the sink may take another item without waiting."""
+
+    async def wait_ready(self) -> None: ...
+
+    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None: ...
+
+    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
+        """Send the one item of a unary reply together with the end of the stream."""
+
+    def end(self) -> None: ...
+
+    def error(self, exc: ServemeshError) -> None: ...
+
+
+async def drive(call: Call, sink: ResponseSink) -> None:
+    """Run ``call`` to completion into ``sink``. Always ends the stream with ``final``,
+    ``end`` or ``error``, except when cancelled, where the cancellation propagates
+    (the transport decides what the caller is told)."""
+    try:
+        if call.unary_handler:
+            data, event, comments, id_ = unwrap(await call.unary())
+            sink.final(data, event, comments, id_)
+            return
+        items = call.items(RAW)
+        try:
+            async for item in items:
+                if not sink.ready():
+                    await sink.wait_ready()
+                if type(item) is Annotated:
+                    sink.send(item._data, item.event, item.comments, item.id)
+                else:
+                    sink.send(item, None, None, None)
+        finally:
+            await items.aclose()
+        sink.end()
+    except SerializationError as exc:  # an item (or reply) that cannot go on the wire
+        call.outcome = "error"
+        sink.error(exc)
+    except ServemeshError as exc:
+        sink.error(exc)

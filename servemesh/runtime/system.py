@@ -22,7 +22,7 @@ def system_app(runtime: DistributedRuntime) -> Starlette:
             "instance_id": f"{runtime.instance_id:x}",
             "discovery": runtime.discovery.kind,
             "endpoints": {path: {"inflight": ep.inflight, "accepting": ep.accepting}
-                          for path, ep in sorted(runtime._served.items())},
+                          for path, ep in sorted(runtime.served.items())},
         }
 
     async def health(request: Request) -> JSONResponse:
@@ -33,7 +33,7 @@ def system_app(runtime: DistributedRuntime) -> Starlette:
         return JSONResponse({"status": "alive"})
 
     async def ready(request: Request) -> JSONResponse:
-        ok = not runtime.is_stopping and bool(runtime._served)
+        ok = not runtime.is_stopping and bool(runtime.served)
         return JSONResponse(state(), status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

@@ -46,6 +46,13 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def join(self) -> None:
+        """Wait until every task running now has finished (without cancelling them)."""
+        me = asyncio.current_task()
+        pending = {t for t in self._tasks if t is not me}
+        if pending:
+            await asyncio.wait(pending)
+
     async def close(self) -> None:
         """Cancel every task and wait for all of them, even if the caller is cancelled."""
         self._closed = True

@@ -54,6 +54,25 @@ async def big(request: dict):
     yield {"blob": "x" * int(request["size"])}
 
 
+async def blobs(request: dict):
+    """``n`` items of ``size`` bytes each, as fast as the caller lets it (never awaits)."""
+    blob = b"x" * int(request["size"])
+    for k in range(int(request["n"])):
+        yield {"k": k, "blob": blob}
+
+
+async def rss(request: dict) -> dict:
+    return {"rss": _rss()}
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 @worker
 async def main(runtime: DistributedRuntime) -> None:
     servemesh.configure_logging()
@@ -65,6 +84,8 @@ async def main(runtime: DistributedRuntime) -> None:
         component.endpoint("typed").serve_endpoint(typed),
         component.endpoint("stats").serve_endpoint(stats),
         component.endpoint("big").serve_endpoint(big),
+        component.endpoint("blobs").serve_endpoint(blobs),
+        component.endpoint("rss").serve_endpoint(rss),
     )
 
 

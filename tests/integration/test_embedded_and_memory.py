@@ -203,7 +203,7 @@ async def test_shutdown_leaves_no_tasks_or_connections_behind():
         streams = [await client.generate({"n": 1000, "delay": 0.01}) for _ in range(5)]
         for s in streams:
             await s.__anext__()
-        pool = rt._tcp_pool
+        pool = rt.plane.transports["tcp"].pool
         assert pool.connections == 1
     assert pool.connections == 0
     await server.shutdown(graceful=False)
@@ -212,4 +212,4 @@ async def test_shutdown_leaves_no_tasks_or_connections_behind():
     await asyncio.sleep(0)
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
     assert not leftover, leftover
-    assert server._tcp_server is None or not server._tcp_server.connections
+    assert not server.plane.transports["tcp"].connections

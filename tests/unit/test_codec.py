@@ -9,11 +9,12 @@ from servemesh.runtime import codec
 
 FRAMES = [
     codec.Request(1, "ns.comp.ep", {"text": "hi", "ids": [1, 2]}, "req-1", 64),
-    codec.Request(2, "ns.comp.ep", "plain", "", 1, timeout_ms=250, metadata={"k": "v"}),
+    codec.Request(2, "ns.comp.ep", "plain", "", 1, timeout_ms=250, metadata={"k": "v"}, window_bytes=1 << 20),
     codec.Item(1, {"token_ids": [7]}),
     codec.Item(1, "x", event="delta", comments=["c1"], id="7"),
     codec.End(1),
-    codec.Error(1, "validation", "ValidationError", "bad", field="max_tokens"),
+    codec.Error(1, "validation", {"message": "bad", "field": "max_tokens"}),
+    codec.Error(2, "overloaded", {"endpoint": "a.b.c", "limit": 4}, refused=True),
     codec.Cancel(3),
     codec.Credit(3, 32),
 ]
@@ -86,3 +87,26 @@ def test_wrong_types_are_protocol_errors(payload):
         codec.decode(len(payload).to_bytes(4, "big") + payload)
     with pytest.raises(ProtocolError):
         codec.FrameDecoder(1 << 20).feed(len(payload).to_bytes(4, "big") + payload)
+
+
+def test_an_unknown_error_kind_is_a_malformed_frame():
+    body = msgspec.msgpack.encode([4, 1, "made_up_kind", {"message": "x"}])
+    with pytest.raises(ProtocolError, match="malformed"):
+        codec.decode(len(body).to_bytes(4, "big") + body)
+
+
+@pytest.mark.parametrize("bad", ["\ud800 lone surrogate", 2**70, object()])
+def test_an_unencodable_value_leaves_no_partial_frame(bad):
+    buf = bytearray(codec.encode(codec.Item(1, "kept")))
+    before = bytes(buf)
+    with pytest.raises(SerializationError):
+        codec.append_frame(buf, codec.Item(2, {"text": bad}), 1 << 20)
+    assert bytes(buf) == before
+
+
+def test_decoder_reports_each_frame_size():
+    frames = [codec.Item(1, "x" * 10), codec.Item(1, "y" * 1000)]
+    data = b"".join(codec.encode(f) for f in frames)
+    decoder = codec.FrameDecoder(limit=1 << 20)
+    assert decoder.feed(data) == frames
+    assert decoder.sizes == [len(codec.encode(f)) - codec.HEADER for f in frames]

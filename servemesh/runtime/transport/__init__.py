@@ -1,1 +1,1 @@
-"""Request-plane transports: inproc (see ``stream.LocalStream``), tcp and nats."""
+"""Request-plane transports behind one seam (``base``): inproc, tcp, nats and memory."""

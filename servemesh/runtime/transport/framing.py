@@ -1,4 +1,4 @@
-"""Frame writing shared by both ends of a byte-stream connection."""
+"""Frame writing shared by both ends of a byte-stream connection (TCP, memory)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,17 @@ from .. import codec
 
 log = logging.getLogger("servemesh.transport")
 
+#: bytes queued in a connection (ours plus the transport's) above which senders wait
+HIGH_WATER = 1 << 20
+
 
 class FramedProtocol(asyncio.Protocol, abc.ABC):
     """Buffers outgoing frames and writes them once per loop iteration, so many
-    small frames (one per stream item) cost one system call."""
+    small frames (one per stream item) cost one system call.
+
+    Write-side flow control: while the socket cannot take more (``pause_writing``)
+    or this connection's own buffer passes ``HIGH_WATER``, the connection is
+    ``congested`` and stream senders wait (``wait_uncongested``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -22,26 +29,62 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self._decoder = codec.FrameDecoder(limit)
         self._wbuf = bytearray()
         self._flush_scheduled = False
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def write_frame(self, frame: codec.Frame) -> None:
-        """Queue a frame; raises ``FrameTooLarge`` / ``SerializationError`` with nothing queued."""
-        codec.append_frame(self._wbuf, frame, self.limit)
+    def write_frame(self, frame: codec.Frame) -> int:
+        """Queue a frame and return its size; raises ``FrameTooLarge`` /
+        ``SerializationError`` with nothing queued."""
+        size = codec.append_frame(self._wbuf, frame, self.limit)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+        return size
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._wbuf:
-            return
-        buf, self._wbuf = self._wbuf, bytearray()
-        if self.transport is not None and not self.closed:
-            self.transport.write(buf)
+        if self._wbuf:
+            buf, self._wbuf = self._wbuf, bytearray()
+            if self.transport is not None and not self.closed:
+                self.transport.write(buf)
+        if not self._paused:
+            self._wake()
 
+    # -- write-side flow control --------------------------------------------------------
+    @property
+    def congested(self) -> bool:
+        return self._paused or len(self._wbuf) >= HIGH_WATER
+
+    def wait_uncongested(self) -> asyncio.Future[None]:
+        if self._drained is None or self._drained.done():
+            self._drained = self._loop.create_future()
+        if self.closed:
+            self._drained.set_result(None)
+        return self._drained
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done():
+            self._drained = None
+            drained.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._paused = False
+        self._wake()
+
+    # -- reading ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
@@ -49,11 +92,12 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
             log.warning("closing connection from %s: %s", self.peer, exc)
             self.abort(str(exc))
             return
-        for frame in frames:
-            self.frame_received(frame)
+        sizes = self._decoder.sizes
+        for i, frame in enumerate(frames):
+            self.frame_received(frame, sizes[i])
 
     @abc.abstractmethod
-    def frame_received(self, frame: codec.Frame) -> None:
+    def frame_received(self, frame: codec.Frame, size: int) -> None:
         """Dispatch one decoded frame (each end has its own frames)."""
 
     def abort(self, reason: str) -> None:

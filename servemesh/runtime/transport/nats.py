@@ -1,11 +1,13 @@
 """NATS request plane: one subject per served instance, replies to a per-stream inbox.
 
 Frames are the same as on TCP (``codec``); several frames for one destination
-are batched into one NATS message per loop turn. A request to an instance with
-no subscriber gets NATS's "no responders" status, so a dead worker is noticed
-at once; while streams are open to an instance the client probes it every
-``probe_interval`` seconds the same way, so a worker killed mid-stream fails its
-streams with ``StreamIncomplete`` instead of leaving them hanging.
+are batched into one NATS message per loop turn, through an outbound queue
+bounded in bytes (stream senders wait while it is full). A request to an
+instance with no subscriber gets NATS's "no responders" status, so a dead
+worker is noticed at once; while streams are open to an instance the client
+probes it every ``probe_interval`` seconds the same way, so a worker killed
+mid-stream fails its streams with ``StreamIncomplete`` instead of leaving them
+hanging.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import ConfigError, ProtocolError
-from .. import codec
+from ...config import Settings
+from ...errors import ConfigError, InstanceUnavailable, ProtocolError
+from .. import codec, errortable
 from ..context import Context
+from ..records import InstanceRecord
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
-from ..tasks import TaskSet
+from ..tasks import TaskSet, within
 from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.nats")
 
 NO_RESPONDERS = "503"
+#: bytes waiting to be published above which stream senders wait
+OUTBOUND_LIMIT = 8 << 20
 
 
 def instance_subject(namespace: str, component: str, endpoint: str, instance_id: int) -> str:
@@ -57,7 +63,8 @@ async def connect(url: str, name: str, timeout: float) -> Any:
 
 
 class _Batcher:
-    """Frames per destination subject, published as one message per loop turn."""
+    """Frames per destination subject, published as one message per loop turn by one
+    sender task (so frames of a stream never overtake each other)."""
 
     def __init__(self, nc: Any, limit: int, tasks: TaskSet) -> None:
         self.nc = nc
@@ -67,15 +74,18 @@ class _Batcher:
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._queued = 0
         self._sender: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
 
-    def write(self, subject: str, frame: codec.Frame, reply: str = "") -> None:
+    def write(self, subject: str, frame: codec.Frame, reply: str = "") -> int:
         key = (subject, reply)
         buf = self._out.get(key)
         if buf is None:
             buf = self._out[key] = bytearray()
         start = len(buf)
-        codec.append_frame(buf, frame, self.limit)
+        size = codec.append_frame(buf, frame, self.limit)
+        self._queued += size
         if len(buf) > self.limit:  # this frame fits alone but not with the batch: send the batch first
             pending = bytes(buf[:start])
             del buf[:start]
@@ -83,6 +93,7 @@ class _Batcher:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+        return size
 
     def flush(self) -> None:
         self._scheduled = False
@@ -100,8 +111,17 @@ class _Batcher:
         if self._sender is None:
             self._sender = self._tasks.spawn(self._send(), name="nats-publish")
 
+    # the ``Pressure`` of the stream table
+    @property
+    def congested(self) -> bool:
+        return self._queued >= OUTBOUND_LIMIT
+
+    def wait_uncongested(self) -> asyncio.Future[None]:
+        if self._drained is None or self._drained.done():
+            self._drained = self._loop.create_future()
+        return self._drained
+
     async def _send(self) -> None:
-        # one sender at a time, so frames of a stream never overtake each other
         try:
             while self._queue:
                 subject, reply, data = self._queue.popleft()
@@ -109,27 +129,88 @@ class _Batcher:
                     await self.nc.publish(subject, data, reply=reply)
                 except Exception as exc:  # closed, or reconnecting with a full buffer
                     log.warning("nats publish to %s failed: %r", subject, exc)
+                self._queued = max(self._queued - len(data), 0)
+                if self._drained is not None and self._queued < OUTBOUND_LIMIT // 2 and not self._drained.done():
+                    self._drained.set_result(None)
         finally:
             self._sender = None
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
 
 
-class NatsServerPlane:
-    """Serves endpoints on their instance subjects."""
+class _NatsLink:
+    """The ``StreamLink`` of one stream: where its Cancel / Credit frames go."""
 
-    def __init__(self, nc: Any, endpoints: Mapping[str, ServedEndpoint], limit: int) -> None:
-        self.nc = nc
+    __slots__ = ("reply", "subject", "transport")
+
+    def __init__(self, transport: NatsTransport, subject: str, reply: str) -> None:
+        self.transport = transport
+        self.subject = subject
+        self.reply = reply
+
+    def send_cancel(self, sid: int) -> None:
+        batcher = self.transport.batcher
+        if self.transport._streams.pop(sid, None) is not None and batcher is not None:
+            batcher.write(self.subject, codec.Cancel(sid), self.reply)
+
+    def send_credit(self, sid: int, n: int) -> None:
+        batcher = self.transport.batcher
+        if batcher is not None:
+            batcher.write(self.subject, codec.Credit(sid, n), self.reply)
+
+
+class NatsTransport:
+    """Connector and listener of the NATS request plane, on one connection opened on
+    first need."""
+
+    key = "nats_tcp"
+
+    def __init__(self, settings: Settings, endpoints: Mapping[str, ServedEndpoint], instance_id: int) -> None:
+        self.settings = settings
         self.endpoints = endpoints
-        self.limit = min(limit, nc.max_payload)
-        self.tasks = TaskSet("nats server")
-        self.batcher = _Batcher(nc, self.limit, self.tasks)
+        self.instance_id = instance_id
+        self.tasks = TaskSet("nats transport")
+        self.nc: Any = None
+        self.batcher: _Batcher | None = None
+        self.limit = settings.max_payload
+        self._lock = asyncio.Lock()
         self._subs: dict[str, Any] = {}
-        self.streams = StreamTable(endpoints, self.tasks.spawn)
+        self._server_streams: StreamTable | None = None
+        # client side
+        self._inbox = f"_SM.{secrets.token_hex(8)}"
+        self._inbox_sub: Any = None
+        self._streams: dict[int, RemoteStream] = {}
+        self._next_sid = 1
+        self._probe_interval = 1.0
+        self._probing: set[str] = set()
 
-    async def add(self, path: str, subject: str) -> None:
+    async def _connection(self) -> Any:
+        async with self._lock:
+            if self.nc is None:
+                if not self.settings.nats:
+                    raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
+                nc = await connect(self.settings.nats, f"servemesh-{self.instance_id:x}",
+                                   self.settings.connect_timeout)
+                self.limit = min(self.settings.max_payload, nc.max_payload)
+                self.batcher = _Batcher(nc, self.limit, self.tasks)
+                self.nc = nc
+            return self.nc
+
+    # -- listener -----------------------------------------------------------------------
+    async def add(self, served: ServedEndpoint, record: InstanceRecord) -> dict[str, str]:
+        nc = await self._connection()
+        assert self.batcher is not None
+        if self._server_streams is None:
+            self._server_streams = StreamTable(self.endpoints, self.tasks.spawn, self.batcher,
+                                               self.settings.stream_window_bytes)
+        subject = instance_subject(record.namespace, record.component, record.endpoint, record.instance_id)
+        path = served.path
+
         async def on_msg(msg: Any) -> None:
-            self._on_msg(path, msg)
+            self._on_request(path, msg)
 
-        self._subs[path] = await self.nc.subscribe(subject, cb=on_msg)
+        self._subs[path] = await nc.subscribe(subject, cb=on_msg)
+        return {self.key: subject}
 
     async def remove(self, path: str) -> None:
         sub = self._subs.pop(path, None)
@@ -139,14 +220,18 @@ class NatsServerPlane:
             except Exception as exc:
                 log.debug("unsubscribe %s: %r", path, exc)
 
-    def _on_msg(self, path: str, msg: Any) -> None:
+    def _on_request(self, path: str, msg: Any) -> None:
         reply = msg.reply
+        batcher = self.batcher
+        streams = self._server_streams
+        assert batcher is not None and streams is not None
         try:
             frames = codec.decode_all(msg.data, self.limit)
         except ProtocolError as exc:
             log.warning("malformed message on %s: %s", msg.subject, exc)
             if reply:
-                self.batcher.write(reply, codec.Error(0, "remote", "ProtocolError", str(exc)))
+                kind, fields = errortable.encode(exc)
+                batcher.write(reply, codec.Error(0, kind, fields))  # type: ignore[arg-type]
             return
         for frame in frames:
             ft = type(frame)
@@ -154,76 +239,54 @@ class NatsServerPlane:
                 if not reply:
                     log.warning("request on %s without a reply subject; dropped", path)
                     continue
-                self.streams.request(reply, frame, functools.partial(self.batcher.write, reply),  # type: ignore[arg-type]
-                                     only_path=path)
+                streams.request(reply, frame, functools.partial(batcher.write, reply),  # type: ignore[arg-type]
+                                only_path=path)
             elif ft is codec.Credit:
-                self.streams.grant(reply, frame.n)  # type: ignore[union-attr]
+                streams.grant(reply, frame.n)  # type: ignore[union-attr]
             elif ft is codec.Cancel:
-                self.streams.cancel(reply)
+                streams.cancel(reply)
 
-    async def close(self) -> None:
-        for path in list(self._subs):
-            await self.remove(path)
-        await self.streams.close()
-        await self.tasks.close()
-        self.batcher.flush()
+    # -- connector ----------------------------------------------------------------------
+    def accepts(self, record: InstanceRecord) -> bool:
+        return self.key in record.transport
 
+    def open_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream | None:
+        if self._inbox_sub is None:
+            return None
+        return self._open(record, request, ctx)
 
-class _NatsLink:
-    """The ``StreamLink`` of one stream: where its Cancel / Credit frames go."""
+    async def open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
+        if not self.settings.nats:
+            raise InstanceUnavailable(record.instance_id, record.address,
+                                      "it serves over NATS and this process has no SERVEMESH_NATS")
+        if self._inbox_sub is None:
+            nc = await self._connection()
+            async with self._lock:
+                if self._inbox_sub is None:
+                    async def on_msg(msg: Any) -> None:
+                        self._on_reply(msg)
 
-    __slots__ = ("plane", "reply", "subject")
+                    self._inbox_sub = await nc.subscribe(f"{self._inbox}.*", cb=on_msg)
+        return self._open(record, request, ctx)
 
-    def __init__(self, plane: NatsClientPlane, subject: str, reply: str) -> None:
-        self.plane = plane
-        self.subject = subject
-        self.reply = reply
-
-    def send_cancel(self, sid: int) -> None:
-        if self.plane._streams.pop(sid, None) is not None:
-            self.plane.batcher.write(self.subject, codec.Cancel(sid), self.reply)
-
-    def send_credit(self, sid: int, n: int) -> None:
-        self.plane.batcher.write(self.subject, codec.Credit(sid, n), self.reply)
-
-
-class NatsClientPlane:
-    """Calls instances over NATS: one wildcard inbox subscription for every stream."""
-
-    def __init__(self, nc: Any, limit: int, probe_interval: float) -> None:
-        self.nc = nc
-        self.limit = min(limit, nc.max_payload)
-        self.tasks = TaskSet("nats client")
-        self.batcher = _Batcher(nc, self.limit, self.tasks)
-        self._inbox = f"_SM.{secrets.token_hex(8)}"
-        self._streams: dict[int, RemoteStream] = {}
-        self._next_sid = 1
-        self._probe_interval = probe_interval
-        self._probing: set[str] = set()
-        self._sub: Any = None
-
-    async def start(self) -> None:
-        async def on_msg(msg: Any) -> None:
-            self._on_msg(msg)
-
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=on_msg)
-
-    def open_stream(self, subject: str, path: str, payload: Any, ctx: Context | None, window: int,
-                    instance_id: int) -> RemoteStream:
+    def _open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
+        assert self.batcher is not None
+        subject = record.transport[self.key]
+        s = self.settings
         sid = self._next_sid
         self._next_sid += 1
-        frame = request_frame(sid, path, payload, ctx, window)
+        frame = request_frame(sid, record.path, request, ctx, s.stream_window, s.stream_window_bytes)
         reply = f"{self._inbox}.{sid}"
         self.batcher.write(subject, frame, reply)  # FrameTooLarge / SerializationError: nothing sent
-        stream = RemoteStream(_NatsLink(self, subject, reply), sid, window, path, instance_id,
-                              f"nats:{subject}")
+        stream = RemoteStream(_NatsLink(self, subject, reply), sid, s.stream_window, record.path,
+                              record.instance_id, f"nats:{subject}", s.stream_window_bytes)
         self._streams[sid] = stream
         if subject not in self._probing:
             self._probing.add(subject)
-            self.tasks.spawn(self._probe(subject, instance_id), name=f"probe {subject}")
+            self.tasks.spawn(self._probe(subject, record.instance_id), name=f"probe {subject}")
         return stream
 
-    def _on_msg(self, msg: Any) -> None:
+    def _on_reply(self, msg: Any) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
         headers = msg.headers
         if headers and headers.get("Status") == NO_RESPONDERS:
@@ -235,15 +298,18 @@ class NatsClientPlane:
                 stream.lost("no responders on its subject: the instance is gone")
             return
         try:
-            frames = codec.decode_all(msg.data, self.limit)
+            decoder = codec.FrameDecoder(self.limit)
+            frames = decoder.feed(msg.data)
+            if decoder.pending:
+                raise ProtocolError(f"truncated frame: {decoder.pending} trailing bytes")
         except ProtocolError as exc:
             log.warning("malformed reply on %s: %s", msg.subject, exc)
             stream = self._streams.pop(int(token), None) if token.isdigit() else None
             if stream is not None:
                 stream.lost(f"malformed reply: {exc}")
             return
-        for frame in frames:
-            if not deliver(self._streams, frame):
+        for frame, size in zip(frames, decoder.sizes, strict=True):
+            if not deliver(self._streams, frame, size):
                 log.warning("unexpected %s frame on %s; ignored", type(frame).__name__, msg.subject)
 
     @staticmethod
@@ -261,17 +327,38 @@ class NatsClientPlane:
         try:
             while any(self._subject(s) == subject for s in self._streams.values()):
                 await asyncio.sleep(self._probe_interval)
-                self.batcher.write(subject, codec.Credit(0, 0), reply)
+                if self.batcher is not None:
+                    self.batcher.write(subject, codec.Credit(0, 0), reply)
         finally:
             self._probing.discard(subject)
 
     async def close(self) -> None:
+        for path in list(self._subs):
+            await self.remove(path)
+        if self._server_streams is not None:
+            await self._server_streams.close()
         for stream in list(self._streams.values()):
             stream.lost("runtime closed")
         self._streams.clear()
-        await self.tasks.close()
-        if self._sub is not None:
+        if self._inbox_sub is not None:
             try:
-                await self._sub.unsubscribe()
+                await self._inbox_sub.unsubscribe()
             except Exception as exc:
                 log.debug("unsubscribe inbox: %r", exc)
+        if self.batcher is not None:
+            self.batcher.flush()
+        # let the last frames (ends of drained streams) go out before the connection closes
+        sender = self.batcher._sender if self.batcher is not None else None
+        if sender is not None:
+            try:
+                await within(asyncio.shield(sender), self.settings.connect_timeout)
+            except TimeoutError:
+                pass
+        await self.tasks.close()
+        if self.nc is not None:
+            try:
+                await within(self.nc.drain(), self.settings.connect_timeout)
+            except Exception as exc:
+                log.debug("nats drain: %r", exc)
+                await self.nc.close()
+            self.nc = None

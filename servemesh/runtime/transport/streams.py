@@ -1,39 +1,64 @@
-"""Server side of framed transports (TCP, NATS): the streams being served, by key.
+"""Server side of framed transports (TCP, NATS, memory): the streams being served, by key.
 
-A transport decodes frames and hands them here; this module runs each request with
-``serving.drive``, enforces its deadline, applies credits and cancellations, and
-writes the response frames through the transport's ``write`` function.
+A transport decodes frames and hands them here; this module admits each request
+as a ``serving.Call``, runs it with ``serving.drive`` in a task it owns, enforces
+its deadline, applies credits (items and bytes) and cancellations, and writes
+the response frames through the transport's ``write`` function.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Coroutine, Hashable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from .. import codec
+from ...errors import DeadlineExceeded, InstanceUnavailable, Overloaded, ServemeshError
+from .. import codec, errortable
 from ..context import Context
-from ..serving import ServedEndpoint, drive
+from ..serving import Call, ServedEndpoint, drive
 from ..stream import RemoteStream
 
-Write = Callable[[codec.Frame], None]
+Write = Callable[[codec.Frame], int]
+
+
+class Pressure(Protocol):
+    """A connection's write side: ``congested`` while its outgoing buffer is full."""
+
+    @property
+    def congested(self) -> bool: ...
+
+    def wait_uncongested(self) -> asyncio.Future[None]: ...
 
 
 class FrameSink:
-    """``ResponseSink`` that turns items into frames of one stream."""
+    """``ResponseSink`` that turns items into frames of one stream.
 
-    __slots__ = ("_waiter", "_write", "credit", "expired", "sid")
+    It may send while the caller's item credit and byte budget last and the
+    connection is not congested, so a slow caller bounds the memory of a fast
+    handler on both sides."""
 
-    def __init__(self, write: Write, sid: int, window: int) -> None:
+    __slots__ = ("_pressure", "_sizes", "_waiter", "_write", "budget", "credit", "expired", "outstanding", "sid")
+
+    def __init__(self, write: Write, sid: int, window: int, window_bytes: int, pressure: Pressure) -> None:
         self._write = write
+        self._pressure = pressure
         self.sid = sid
         self.credit = window
+        self.budget = window_bytes
+        self.outstanding = 0
+        self._sizes: collections.deque[int] = collections.deque()
         self.expired = False
         self._waiter: asyncio.Future[None] | None = None
 
+    def ready(self) -> bool:
+        return self.credit > 0 and self.outstanding < self.budget and not self._pressure.congested
+
     def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        self._write(codec.Item(self.sid, data, event, comments, id))
+        size = self._write(codec.Item(self.sid, data, event, comments, id))
         self.credit -= 1
+        self.outstanding += size
+        self._sizes.append(size)
 
     def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
         self._write(codec.Item(self.sid, data, event, comments, id, True))
@@ -41,11 +66,15 @@ class FrameSink:
     def end(self) -> None:
         self._write(codec.End(self.sid))
 
-    def error(self, kind: str, type_: str, message: str, field: str | None = None) -> None:
-        self._write(codec.Error(self.sid, kind, type_, message, field))
+    def error(self, exc: ServemeshError, refused: bool = False) -> None:
+        kind, fields = errortable.encode(exc)
+        self._write(codec.Error(self.sid, kind, fields, refused))  # type: ignore[arg-type]
 
-    async def wait_credit(self) -> None:
-        while self.credit <= 0:
+    async def wait_ready(self) -> None:
+        while not self.ready():
+            if self.credit > 0 and self.outstanding < self.budget:
+                await self._pressure.wait_uncongested()
+                continue
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -54,6 +83,9 @@ class FrameSink:
 
     def grant(self, n: int) -> None:
         self.credit += n
+        sizes = self._sizes
+        for _ in range(min(n, len(sizes))):
+            self.outstanding -= sizes.popleft()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -63,26 +95,34 @@ class StreamTable:
     registered here until it ends, and ``close`` cancels and awaits them all."""
 
     def __init__(self, endpoints: Mapping[str, ServedEndpoint],
-                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], pressure: Pressure,
+                 window_bytes: int) -> None:
         self.endpoints = endpoints
         self._spawn = spawn
+        self._pressure = pressure
+        self._window_bytes = window_bytes
         self._streams: dict[Hashable, tuple[asyncio.Task[None], FrameSink, Context]] = {}
         self._loop = asyncio.get_running_loop()
 
     def request(self, key: Hashable, f: codec.Request, write: Write, only_path: str | None = None) -> None:
         """Start serving ``f``, or answer at once with why it is refused."""
+        budget = self._window_bytes if f.window_bytes <= 0 else min(f.window_bytes, self._window_bytes)
+        sink = FrameSink(write, f.sid, max(f.window, 1), budget, self._pressure)
         ep = self.endpoints.get(f.path)
         if ep is None or (only_path is not None and f.path != only_path):
-            write(codec.Error(f.sid, "no_endpoint", "NoEndpoint", f"this instance does not serve {f.path}"))
-            return
-        refusal = ep.refusal()
-        if refusal is not None:
-            write(codec.Error(f.sid, refusal[0], refusal[0].title(), refusal[1]))
+            sink.error(InstanceUnavailable(0, "this instance", f"it does not serve {f.path}"), refused=True)
             return
         timeout = None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000
         ctx = Context(f.request_id or None, f.metadata, timeout=timeout)
-        sink = FrameSink(write, f.sid, max(f.window, 1))
-        task = self._spawn(self._run(key, ep, f.payload, ctx, sink, timeout))
+        try:
+            call = Call(ep, f.payload, ctx)
+        except (InstanceUnavailable, Overloaded) as exc:
+            sink.error(exc, refused=True)
+            return
+        except ServemeshError as exc:
+            sink.error(exc)
+            return
+        task = self._spawn(self._run(key, call, sink, timeout))
         self._streams[key] = (task, sink, ctx)
 
     def grant(self, key: Hashable, n: int) -> None:
@@ -111,14 +151,13 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self._streams)
 
-    async def _run(self, key: Hashable, ep: ServedEndpoint, payload: Any, ctx: Context, sink: FrameSink,
-                   timeout: float | None) -> None:
+    async def _run(self, key: Hashable, call: Call, sink: FrameSink, timeout: float | None) -> None:
         timer = self._loop.call_later(timeout, self._expire, key) if timeout is not None else None
         try:
-            await drive(ep, payload, ctx, sink)
+            await drive(call, sink)
         except asyncio.CancelledError:
             if sink.expired:
-                sink.error("deadline", "DeadlineExceeded", f"deadline of {timeout:.3f} s passed")
+                sink.error(DeadlineExceeded(f"deadline of {timeout:.3f} s passed"))
             raise
         finally:
             if timer is not None:
@@ -136,16 +175,17 @@ class StreamTable:
 _END = codec.End(0)
 
 
-def request_frame(sid: int, path: str, payload: Any, ctx: Context | None, window: int) -> codec.Request:
+def request_frame(sid: int, path: str, payload: Any, ctx: Context | None, window: int,
+                  window_bytes: int) -> codec.Request:
     """The Request frame of a call: the context's id, metadata and remaining deadline travel."""
     if ctx is None:
-        return codec.Request(sid, path, payload, "", window)
+        return codec.Request(sid, path, payload, "", window, None, None, window_bytes)
     remaining = ctx.remaining()
     timeout_ms = None if remaining is None else max(int(remaining * 1000), 1)
-    return codec.Request(sid, path, payload, ctx.id, window, timeout_ms, ctx.metadata or None)
+    return codec.Request(sid, path, payload, ctx.id, window, timeout_ms, ctx.metadata or None, window_bytes)
 
 
-def deliver(streams: dict[int, RemoteStream], frame: codec.Frame) -> bool:
+def deliver(streams: dict[int, RemoteStream], frame: codec.Frame, size: int) -> bool:
     """Hand a response frame to its stream (dropping it from ``streams`` when it ends).
     False for a frame a caller should never receive."""
     ft = type(frame)
@@ -153,12 +193,12 @@ def deliver(streams: dict[int, RemoteStream], frame: codec.Frame) -> bool:
         if frame.last:  # type: ignore[union-attr]
             stream = streams.pop(frame.sid, None)
             if stream is not None:
-                stream.push(frame)  # type: ignore[arg-type]
+                stream.push(frame, size)  # type: ignore[arg-type]
                 stream.finish(_END)
         else:
             stream = streams.get(frame.sid)
             if stream is not None:
-                stream.push(frame)  # type: ignore[arg-type]
+                stream.push(frame, size)  # type: ignore[arg-type]
         return True
     if ft is codec.End or ft is codec.Error:
         stream = streams.pop(frame.sid, None)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ...config import Settings
 from ...errors import InstanceUnavailable
 from .. import codec
 from ..context import Context
+from ..records import InstanceRecord
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import within
@@ -19,23 +21,22 @@ from .streams import StreamTable, deliver, request_frame
 log = logging.getLogger("servemesh.transport.tcp")
 
 
-
 class ServerConnection(FramedProtocol):
-    def __init__(self, server: TcpServer) -> None:
+    def __init__(self, server: StreamServer) -> None:
         super().__init__(server.limit)
         self._server = server
-        self.streams = StreamTable(server.endpoints, self._loop.create_task)
+        self.streams = StreamTable(server.endpoints, self._loop.create_task, self, server.window_bytes)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        super().connection_lost(exc)
         self._server.connections.discard(self)
         self.streams.cancel_all()  # the caller is gone: stop its work
 
-    def frame_received(self, frame: codec.Frame) -> None:
+    def frame_received(self, frame: codec.Frame, size: int) -> None:
         ft = type(frame)
         if ft is codec.Request:
             self.streams.request(frame.sid, frame, self._write)  # type: ignore[arg-type]
@@ -47,9 +48,10 @@ class ServerConnection(FramedProtocol):
             log.warning("unexpected %s frame from %s; closing", ft.__name__, self.peer)
             self.abort("unexpected frame")
 
-    def _write(self, frame: codec.Frame) -> None:
-        if not self.closed:
-            self.write_frame(frame)
+    def _write(self, frame: codec.Frame) -> int:
+        if self.closed:
+            return 0
+        return self.write_frame(frame)
 
     async def close(self) -> None:
         await self.streams.close()
@@ -58,41 +60,24 @@ class ServerConnection(FramedProtocol):
             self.transport.close()
 
 
-class TcpServer:
-    """Listens on ``host:port`` and serves the endpoints in ``endpoints``."""
+class StreamServer:
+    """The endpoints one listener serves and its open connections (TCP or memory)."""
 
-    def __init__(self, endpoints: Mapping[str, ServedEndpoint], *, host: str, port: int,
-                 public_host: str, limit: int) -> None:
+    def __init__(self, endpoints: Mapping[str, ServedEndpoint], limit: int, window_bytes: int) -> None:
         self.endpoints = endpoints
         self.limit = limit
+        self.window_bytes = window_bytes
         self.connections: set[ServerConnection] = set()
-        self._host = host
-        self._port = port
-        self._public_host = public_host
-        self._server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ServerConnection(self), self._host, self._port,
-                                                reuse_address=True)
-        self._port = self._server.sockets[0].getsockname()[1]
-        log.debug("tcp request plane listening on %s:%d", self._host, self._port)
+    def protocol(self) -> ServerConnection:
+        return ServerConnection(self)
 
-    @property
-    def address(self) -> str:
-        return f"{self._public_host}:{self._port}"
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
+    async def close_connections(self) -> None:
         await asyncio.gather(*(c.close() for c in list(self.connections)), return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
 
 
 class ClientConnection(FramedProtocol):
-    def __init__(self, pool: TcpClientPool, address: str) -> None:
+    def __init__(self, pool: ConnectionPool, address: str) -> None:
         super().__init__(pool.limit)
         self._pool = pool
         self.address = address
@@ -100,24 +85,25 @@ class ClientConnection(FramedProtocol):
         self._next_sid = 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        super().connection_lost(exc)
         self._pool.forget(self)
         reason = f"connection to {self.address} lost" + (f": {exc}" if exc else "")
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.lost(reason)
 
-    def open_stream(self, path: str, payload: Any, ctx: Context | None, window: int,
-                    instance_id: int) -> RemoteStream:
+    def open_stream(self, path: str, payload: Any, ctx: Context | None, instance_id: int) -> RemoteStream:
         sid = self._next_sid
         self._next_sid += 1
-        self.write_frame(request_frame(sid, path, payload, ctx, window))  # raises with nothing sent
-        stream = RemoteStream(self, sid, window, path, instance_id, self.address)
+        pool = self._pool
+        # raises with nothing sent if the request cannot be encoded
+        self.write_frame(request_frame(sid, path, payload, ctx, pool.window, pool.window_bytes))
+        stream = RemoteStream(self, sid, pool.window, path, instance_id, self.address, pool.window_bytes)
         self._streams[sid] = stream
         return stream
 
-    def frame_received(self, frame: codec.Frame) -> None:
-        if not deliver(self._streams, frame):
+    def frame_received(self, frame: codec.Frame, size: int) -> None:
+        if not deliver(self._streams, frame, size):
             log.warning("unexpected %s frame from %s; closing", type(frame).__name__, self.address)
             self.abort("unexpected frame")
 
@@ -134,11 +120,17 @@ class ClientConnection(FramedProtocol):
         return len(self._streams)
 
 
-class TcpClientPool:
+Dial = Callable[[str, Callable[[], ClientConnection]], Any]
+
+
+class ConnectionPool:
     """One multiplexed connection per remote address, opened on first use."""
 
-    def __init__(self, *, limit: int, connect_timeout: float) -> None:
+    def __init__(self, dial: Dial, *, limit: int, connect_timeout: float, window: int, window_bytes: int) -> None:
         self.limit = limit
+        self.window = window
+        self.window_bytes = window_bytes
+        self._dial = dial
         self._timeout = connect_timeout
         self._conns: dict[str, ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
@@ -159,12 +151,8 @@ class TcpClientPool:
         return await asyncio.shield(pending)
 
     async def _connect(self, address: str, instance_id: int) -> ClientConnection:
-        host, _, port = address.rpartition(":")
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await within(
-                loop.create_connection(lambda: ClientConnection(self, address), host, int(port)),
-                self._timeout)
+            _, conn = await within(self._dial(address, lambda: ClientConnection(self, address)), self._timeout)
         except (TimeoutError, OSError, ValueError) as exc:
             raise InstanceUnavailable(instance_id, address, f"cannot connect: {exc or 'timed out'}") from exc
         self._conns[address] = conn
@@ -185,3 +173,64 @@ class TcpClientPool:
         for conn in conns:
             if conn.transport is not None:
                 conn.transport.close()
+
+
+def _dial_tcp(address: str, factory: Callable[[], ClientConnection]) -> Any:
+    host, _, port = address.rpartition(":")
+    return asyncio.get_running_loop().create_connection(factory, host, int(port))
+
+
+class TcpTransport:
+    """Connector and listener of the TCP request plane."""
+
+    key = "tcp"
+
+    def __init__(self, settings: Settings, endpoints: Mapping[str, ServedEndpoint], instance_id: int) -> None:
+        self.settings = settings
+        self._server = StreamServer(endpoints, settings.max_payload, settings.stream_window_bytes)
+        self._listener: asyncio.AbstractServer | None = None
+        self._lock = asyncio.Lock()
+        self.address = ""
+        self.pool = ConnectionPool(_dial_tcp, limit=settings.max_payload, connect_timeout=settings.connect_timeout,
+                                   window=settings.stream_window, window_bytes=settings.stream_window_bytes)
+
+    # -- connector ----------------------------------------------------------------------
+    def accepts(self, record: InstanceRecord) -> bool:
+        return self.key in record.transport
+
+    def open_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream | None:
+        conn = self.pool.get_nowait(record.transport[self.key])
+        if conn is None:
+            return None
+        return conn.open_stream(record.path, request, ctx, record.instance_id)
+
+    async def open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
+        conn = await self.pool.get(record.transport[self.key], record.instance_id)
+        return conn.open_stream(record.path, request, ctx, record.instance_id)
+
+    # -- listener -----------------------------------------------------------------------
+    async def add(self, served: ServedEndpoint, record: InstanceRecord) -> dict[str, str]:
+        async with self._lock:
+            if self._listener is None:
+                s = self.settings
+                loop = asyncio.get_running_loop()
+                self._listener = await loop.create_server(self._server.protocol, s.host, s.port, reuse_address=True)
+                port = self._listener.sockets[0].getsockname()[1]
+                self.address = f"{s.public_host}:{port}"
+                log.debug("tcp request plane listening on %s:%d", s.host, port)
+        return {self.key: self.address}
+
+    async def remove(self, path: str) -> None:
+        return None  # the endpoint table is shared: a removed path is refused by the stream table
+
+    @property
+    def connections(self) -> set[ServerConnection]:
+        return self._server.connections
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._server.close_connections()
+            await self._listener.wait_closed()
+            self._listener = None
+        await self.pool.close()
