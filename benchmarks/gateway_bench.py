@@ -117,15 +117,13 @@ def w4(args: argparse.Namespace) -> None:
 
 
 def real(args: argparse.Namespace) -> None:
-    import llama_cpp
-
-    from servemesh.llm.model import resolve_model
+    from servemesh.llm.model import load_llama, resolve_model
     from servemesh.testing import free_port
 
     prompt = "Write a long story about a lighthouse keeper."
     n = args.real_tokens
     path = resolve_model("gemma-3-270m")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, verbose=False, chat_format="gemma")
+    llm = load_llama(path, n_ctx=2048, verbose=False, chat_format="gemma")  # the engine's own settings
     messages = [{"role": "user", "content": prompt}]
     direct = []
     for _ in range(args.runs):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import servemesh
+from servemesh.apps.llm import ENGINES, engine_class, engine_kwargs
 from servemesh.llm.model import DEFAULT_MODEL
-from servemesh.llm.pipeline import ENGINES, engine_class, engine_kwargs
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,7 @@ import argparse
 
 import servemesh
 from servemesh import DistributedRuntime, worker
-from servemesh.llm.pipeline import start_frontend
+from servemesh.apps.llm import start_frontend
 
 
 @worker

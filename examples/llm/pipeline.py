@@ -13,8 +13,8 @@ import argparse
 
 import servemesh
 from servemesh import DistributedRuntime, worker
+from servemesh.apps.llm import ENGINES, serve_pipeline
 from servemesh.llm.model import DEFAULT_MODEL
-from servemesh.llm.pipeline import ENGINES, serve_pipeline
 
 
 def how_to_call(url: str, model: str) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 
 import servemesh
+from servemesh.apps.llm import ENGINES, make_tokenizer
 from servemesh.llm.model import DEFAULT_MODEL
-from servemesh.llm.pipeline import ENGINES, make_tokenizer
-from servemesh.llm.processor import ENGINE_PATH, ROUTER_PATH, Processor
+from servemesh.llm.processor import ENGINE_PATH, Processor
+from servemesh.llm.router import ROUTER_PATH
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

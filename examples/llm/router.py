@@ -9,7 +9,7 @@ import argparse
 
 import servemesh
 from servemesh.llm.model import DEFAULT_MODEL
-from servemesh.llm.processor import Router
+from servemesh.llm.router import Router
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -73,3 +75,34 @@ def _digest(path: Path, total: int | None) -> str:
         while block := f.read(8 * 1024 * 1024):
             digest.update(block)
     return digest.hexdigest()
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_llama(path: Path, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(path, **kwargs)`` without llama.cpp's extra (weight-repacking)
+    buffer types.
+
+    A llama.cpp built with ``-march=native`` on a CPU with AMX repacks weights for its
+    AMX kernels, which crash (SIGSEGV in ``ggml_backend_amx_mul_mat``) where the OS
+    or hypervisor does not grant AMX state to the process. The plain CPU kernels are
+    correct everywhere. llama-cpp-python's ``Llama`` takes no argument for this, so the
+    default model parameters are adjusted while the model loads."""
+    import llama_cpp
+    from llama_cpp import llama as llama_module
+
+    original = llama_module.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        if hasattr(value, "use_extra_bufts"):
+            value.use_extra_bufts = False
+        return value
+
+    with _LOAD_LOCK:
+        llama_module.llama_cpp.llama_model_default_params = params
+        try:
+            return llama_cpp.Llama(model_path=str(path), **kwargs)
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = original

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from ..runtime import Client, Context
-from ..sdk import ServiceContext, async_init, entrypoint, service
+from ..sdk import ServiceContext, async_init, endpoint, service
 from .protocol import EngineOutput, EngineRequest, ProcessorOutput, ProcessorRequest
 from .text import IncrementalDetokenizer, StopMatcher
 from .tokenizer import Tokenizer
@@ -15,16 +15,17 @@ from .tokenizer import Tokenizer
 log = logging.getLogger("servemesh.llm.processor")
 
 ENGINE_PATH = "inference.engine.generate"
-ROUTER_PATH = "inference.router.generate"
+PROCESSOR_PATH = "inference.processor.process"
 
 
-@service(name="processor", namespace="inference")
+@service(name="processor", namespace="inference", capabilities=lambda self: {"model": self.tokenizer.name})
 class Processor:
     """Serves ``inference.processor.process`` for one model: text in, text deltas out.
 
     It calls the engines serving that model (``engine_path``; point it at the router
     component to route there instead), passing its context so a disconnect upstream
-    stops generation downstream."""
+    stops generation downstream. It registers only once it sees an engine of its
+    model, so a frontend that lists the model can have its requests served."""
 
     def __init__(self, ctx: ServiceContext, tokenizer: Tokenizer, engine_path: str = ENGINE_PATH,
                  router: str = "least_loaded") -> None:
@@ -39,12 +40,11 @@ class Processor:
         self.engine = await self.ctx.runtime.endpoint(self.engine_path).client(
             router=self.router,  # type: ignore[arg-type]
             capabilities={"model": self.tokenizer.name})
+        if not self.engine.instance_ids():
+            log.info("waiting for an engine of %s at %s before serving", self.tokenizer.name, self.engine_path)
+        await self.engine.wait_for_instances()
 
-    @entrypoint
-    async def serve(self) -> None:
-        await self.ctx.component.endpoint("process").serve_endpoint(
-            self.process, capabilities={"model": self.tokenizer.name})
-
+    @endpoint()
     async def process(self, request: ProcessorRequest, context: Context) -> AsyncIterator[ProcessorOutput]:
         assert self.engine is not None
         tok = self.tokenizer
@@ -79,31 +79,3 @@ class Processor:
                 yield ProcessorOutput(text=tail)
         yield ProcessorOutput(finish_reason=finish, prompt_tokens=len(token_ids),  # type: ignore[arg-type]
                               completion_tokens=produced)
-
-
-@service(name="router", namespace="inference")
-class Router:
-    """Chapter 2's router: ``inference.router.generate`` load-balances engine requests over
-    every engine of the model (``least_loaded`` or ``round_robin``), failing over when
-    one dies before its first token."""
-
-    def __init__(self, ctx: ServiceContext, model: str, policy: str = "least_loaded") -> None:
-        self.ctx = ctx
-        self.model = model
-        self.policy = policy
-        self.engines: Client | None = None
-
-    @async_init
-    async def connect(self) -> None:
-        self.engines = await self.ctx.runtime.endpoint(ENGINE_PATH).client(
-            router=self.policy, capabilities={"model": self.model})  # type: ignore[arg-type]
-
-    @entrypoint
-    async def serve(self) -> None:
-        await self.ctx.component.endpoint("generate").serve_endpoint(
-            self.generate, capabilities={"model": self.model, "router": self.policy})
-
-    async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[object]:
-        assert self.engines is not None
-        async for item in self.engines.generate(request, context=context, annotated=False):
-            yield item

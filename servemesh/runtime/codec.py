@@ -58,9 +58,12 @@ class Cancel(msgspec.Struct, tag=5, array_like=True):
     sid: int
 
 
-class Credit(msgspec.Struct, tag=6, array_like=True):
+class Credit(msgspec.Struct, tag=6, array_like=True, omit_defaults=True):
+    """The caller consumed ``n`` more items, ``bytes`` in all: the server may send as many more."""
+
     sid: int
     n: int
+    bytes: int = 0
 
 
 Frame = Request | Item | End | Error | Cancel | Credit

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
-from ..errors import InstanceUnavailable, Overloaded, SerializationError, ServemeshError, ValidationError
+from ..errors import InstanceUnavailable, Overloaded, ServemeshError, ValidationError
 from .annotated import Annotated, unwrap
 from .context import Context
 from .errortable import as_servemesh_error
@@ -82,7 +82,8 @@ class Call:
                  "interruptible", "on_close", "outcome", "request", "started")
 
     def __init__(self, ep: ServedEndpoint, payload: Any, ctx: Context) -> None:
-        ep.admit()
+        if not ep.accepting or ep.inflight >= ep.max_concurrency:
+            ep.admit()  # raises the refusal
         self.ep = ep
         self.ctx = ctx
         self.closed = False
@@ -99,8 +100,12 @@ class Call:
         self._tasks: TaskSet | None = None
         self.started = time.perf_counter()
         ep.enter()
+        validate = ep.adapted.validate
+        if validate is None:
+            self.request = payload
+            return
         try:
-            self.request = ep.validate(payload)
+            self.request = validate(payload)
         except BaseException as exc:
             self.finish("invalid" if isinstance(exc, ValidationError) else "error")
             raise
@@ -116,13 +121,24 @@ class Call:
         """The one item of an ``async def`` handler, awaited directly (no generator)."""
         unary = self.ep.adapted.unary
         assert unary is not None
-        self._task = asyncio.current_task()
+        if self.interruptible:
+            self._task = asyncio.current_task()
         try:
             item = await unary(self.request, self.ctx)
         except BaseException as exc:
             raise self._failed(exc) from _cause(exc)
         self.finish("ok")
         return item
+
+    def start(self) -> Any:
+        """Start a generator handler and return its async generator (remote transports
+        iterate it themselves; map its errors with ``fail`` and end with ``finish``)."""
+        handler = self._handler = self.ep.adapted.call(self.request, self.ctx)
+        return handler
+
+    def fail(self, exc: BaseException) -> BaseException:
+        """What the caller sees for ``exc`` out of the handler (closes the accounting)."""
+        return self._failed(exc)
 
     async def items(self, mode: int = RAW) -> AsyncGenerator[Any, None]:
         """The handler's items (``mode``: RAW, DATA or ANNOTATED), ending with its errors
@@ -309,12 +325,11 @@ def _cause(exc: BaseException) -> BaseException | None:
 class ResponseSink(Protocol):
     """Where a remote transport puts one stream's response."""
 
-    def ready(self) -> bool:
-        """True while the sink may take another item without waiting."""
+    async def wait_ready(self) -> None:
+        """Wait until the sink may take another item."""
 
-    async def wait_ready(self) -> None: ...
-
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None: ...
+    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> bool:
+        """Send one item; False if the next one must wait (``wait_ready``)."""
 
     def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
         """Send the one item of a unary reply together with the end of the stream."""
@@ -329,24 +344,32 @@ async def drive(call: Call, sink: ResponseSink) -> None:
     ``end`` or ``error``, except when cancelled, where the cancellation propagates
     (the transport decides what the caller is told)."""
     try:
-        if call.unary_handler:
-            data, event, comments, id_ = unwrap(await call.unary())
+        unary = call.ep.adapted.unary
+        if unary is not None:  # the unary fast path: one await, one frame
+            try:
+                item = await unary(call.request, call.ctx)
+            except BaseException as exc:
+                raise call.fail(exc) from _cause(exc)
+            call.finish("ok")
+            data, event, comments, id_ = unwrap(item)
             sink.final(data, event, comments, id_)
             return
-        items = call.items(RAW)
+        handler = call.start()
         try:
-            async for item in items:
-                if not sink.ready():
-                    await sink.wait_ready()
-                if type(item) is Annotated:
-                    sink.send(item._data, item.event, item.comments, item.id)
-                else:
-                    sink.send(item, None, None, None)
-        finally:
-            await items.aclose()
+            try:
+                ready = True
+                async for item in handler:
+                    if not ready:
+                        await sink.wait_ready()
+                    if type(item) is Annotated:
+                        ready = sink.send(item._data, item.event, item.comments, item.id)
+                    else:
+                        ready = sink.send(item, None, None, None)
+            finally:
+                await handler.aclose()
+        except BaseException as exc:  # the handler's, or an item that cannot go on the wire
+            raise call.fail(exc) from _cause(exc)
+        call.finish("ok")
         sink.end()
-    except SerializationError as exc:  # an item (or reply) that cannot go on the wire
-        call.outcome = "error"
-        sink.error(exc)
     except ServemeshError as exc:
         sink.error(exc)

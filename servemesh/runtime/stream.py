@@ -18,7 +18,7 @@ class StreamLink(Protocol):
 
     def send_cancel(self, sid: int) -> None: ...
 
-    def send_credit(self, sid: int, n: int) -> None: ...
+    def send_credit(self, sid: int, n: int, nbytes: int) -> None: ...
 
 
 class _Lost:
@@ -105,7 +105,7 @@ class RemoteStream:
                 self._consumed_bytes += self._sizes.popleft()
                 if (self._consumed * 2 >= self._window or self._consumed_bytes * 2 >= self._window_bytes) \
                         and self._done is None:
-                    self._link.send_credit(self.sid, self._consumed)
+                    self._link.send_credit(self.sid, self._consumed, self._consumed_bytes)
                     self._consumed = 0
                     self._consumed_bytes = 0
                 return item

@@ -14,7 +14,7 @@ from ..runtime import DistributedRuntime
 from ..runtime import run as run_coroutine
 from ..runtime.worker import run_until_signalled
 from .context import Depends, ServiceContext
-from .spec import ServiceSpec, spec_of
+from .spec import ServiceSpec, capabilities_of, spec_of
 
 log = logging.getLogger("servemesh.sdk")
 
@@ -27,8 +27,9 @@ async def serve(*service_classes: type, runtime: DistributedRuntime | None = Non
        context into any ``__init__`` parameter annotated ``ServiceContext`` and
        passing it the ``kwargs`` its ``__init__`` accepts.
     3. Resolve ``depends()`` attributes and await every ``@async_init``.
-    4. Serve every ``@endpoint`` — or hand control to the ``@entrypoint``.
-    5. On shutdown (or error) await every ``@on_shutdown``.
+    4. Work out each endpoint's capabilities (calling capability functions now).
+    5. Serve every ``@endpoint`` — or hand control to the ``@entrypoint``.
+    6. On shutdown (or error) await every ``@on_shutdown``.
     """
     if not service_classes:
         raise ConfigError("serve() needs at least one @service class")
@@ -49,16 +50,16 @@ async def serve(*service_classes: type, runtime: DistributedRuntime | None = Non
             await _resolve_depends(obj, runtime)
             for method in spec.async_init:
                 await getattr(obj, method)()
+        capabilities = [[capabilities_of(spec, ep, obj) for ep in spec.endpoints] for spec, obj in instances]
         async with asyncio.TaskGroup() as group:
-            for spec, obj in instances:
+            for (spec, obj), caps in zip(instances, capabilities, strict=True):
                 if spec.entrypoint is not None:
                     group.create_task(_run_entrypoint(runtime, getattr(obj, spec.entrypoint)))
                     continue
                 component = runtime.namespace(spec.namespace).component(spec.name)
-                for ep in spec.endpoints:
-                    caps = {**spec.capabilities, **ep.capabilities}
+                for ep, ep_caps in zip(spec.endpoints, caps, strict=True):
                     group.create_task(component.endpoint(ep.name).serve_endpoint(
-                        getattr(obj, ep.method), capabilities=caps or None))
+                        getattr(obj, ep.method), capabilities=ep_caps or None))
     finally:
         for spec, obj in reversed(instances):
             for method in spec.on_shutdown:

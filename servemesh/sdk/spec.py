@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
@@ -19,19 +19,23 @@ HOOK_ATTR = "__servemesh_hook__"  # "async_init" | "on_shutdown" | "entrypoint"
 
 DEFAULT_NAMESPACE = "servemesh"
 
+#: capabilities: a dict fixed at decoration, or a function of the instance returning
+#: one, called by ``serve()`` after ``__init__`` and every ``@async_init``
+Capabilities = Mapping[str, Any] | Callable[[Any], Mapping[str, Any]]
+
 
 @dataclasses.dataclass(frozen=True)
 class EndpointSpec:
     name: str
     method: str
-    capabilities: dict[str, Any]
+    capabilities: Capabilities
 
 
 @dataclasses.dataclass(frozen=True)
 class ServiceSpec:
     name: str
     namespace: str
-    capabilities: dict[str, Any]
+    capabilities: Capabilities
     endpoints: tuple[EndpointSpec, ...]
     async_init: tuple[str, ...]
     on_shutdown: tuple[str, ...]
@@ -43,26 +47,32 @@ class ServiceSpec:
 
 
 def service(cls: C | None = None, *, name: str | None = None, namespace: str = DEFAULT_NAMESPACE,
-            capabilities: dict[str, Any] | None = None) -> Any:
+            capabilities: Capabilities | None = None) -> Any:
     """Mark a class as a servemesh service: ``@service(name="worker", namespace="inference")``.
 
-    ``name`` defaults to the class name in lower case. Checks the class's endpoints
-    and hooks now, so authoring mistakes fail at import, not in production."""
+    ``name`` defaults to the class name in lower case. ``capabilities`` go into every
+    endpoint's registration: a dict, or a function of the instance for values known
+    only at run time (``capabilities=lambda self: {"model": self.model}``). Checks
+    the class's endpoints and hooks now, so authoring mistakes fail at import, not
+    in production."""
 
     def decorate(cls: C) -> C:
         if not isinstance(cls, type):
             raise ConfigError(f"@service decorates a class, not {cls!r}")
         svc_name = check_name("service", name or cls.__name__.lower())
         check_name("namespace", namespace)
-        setattr(cls, SERVICE_ATTR, _collect(cls, svc_name, namespace, dict(capabilities or {})))
+        caps = _check_capabilities(capabilities, f"@service {cls.__qualname__}")
+        setattr(cls, SERVICE_ATTR, _collect(cls, svc_name, namespace, caps))
         return cls
 
     return decorate(cls) if cls is not None else decorate
 
 
 def endpoint(func: F | None = None, *, name: str | None = None,
-             capabilities: dict[str, Any] | None = None) -> Any:
-    """Mark an async method (generator or one value) as an endpoint; ``name`` defaults to its own."""
+             capabilities: Capabilities | None = None) -> Any:
+    """Mark an async method (generator or one value) as an endpoint; ``name`` defaults to its own.
+
+    ``capabilities`` (a dict, or a function of the instance) add to the service's."""
 
     def decorate(func: F) -> F:
         target = inspect.unwrap(func)
@@ -71,10 +81,38 @@ def endpoint(func: F | None = None, *, name: str | None = None,
                 f"@endpoint {getattr(func, '__qualname__', func)!r} must be `async def` "
                 "(an async generator, or returning one value)")
         ep_name = check_name("endpoint", name or func.__name__)
-        setattr(func, ENDPOINT_ATTR, EndpointSpec(ep_name, func.__name__, dict(capabilities or {})))
+        caps = _check_capabilities(capabilities, f"@endpoint {getattr(func, '__qualname__', func)!r}")
+        setattr(func, ENDPOINT_ATTR, EndpointSpec(ep_name, func.__name__, caps))
         return func
 
     return decorate(func) if func is not None else decorate
+
+
+def _check_capabilities(capabilities: Capabilities | None, where: str) -> Capabilities:
+    if capabilities is None:
+        return {}
+    if isinstance(capabilities, Mapping):
+        return dict(capabilities)
+    if callable(capabilities):
+        return capabilities
+    raise ConfigError(f"{where}: capabilities must be a dict or a function of the instance returning one, "
+                      f"not {type(capabilities).__name__}")
+
+
+def capabilities_of(spec: ServiceSpec, ep: EndpointSpec, obj: Any) -> dict[str, Any]:
+    """The capabilities ``ep`` registers with: the service's, then the endpoint's own."""
+    return {**_evaluate(spec.capabilities, obj, spec.path),
+            **_evaluate(ep.capabilities, obj, f"{spec.path}.{ep.name}")}
+
+
+def _evaluate(capabilities: Capabilities, obj: Any, where: str) -> Mapping[str, Any]:
+    if isinstance(capabilities, Mapping):
+        return capabilities
+    value = capabilities(obj)
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"the capabilities function of {where} must return a dict with string keys, "
+                          f"not {value!r}")
+    return value
 
 
 def _hook(kind: str) -> Callable[[F], F]:
@@ -96,7 +134,7 @@ on_shutdown = _hook("on_shutdown")
 entrypoint = _hook("entrypoint")
 
 
-def _collect(cls: type, name: str, namespace: str, capabilities: dict[str, Any]) -> ServiceSpec:
+def _collect(cls: type, name: str, namespace: str, capabilities: Capabilities) -> ServiceSpec:
     endpoints: dict[str, EndpointSpec] = {}
     hooks: dict[str, list[str]] = {"async_init": [], "on_shutdown": [], "entrypoint": []}
     seen: set[str] = set()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,8 @@ LLM = ROOT / "examples" / "llm"
 
 
 def wait_ready(url: str, proc, timeout: float = 60) -> None:
-    """Ready = the frontend lists at least one model (engine and processor are up)."""
+    """Ready = the frontend lists at least one model (a processor is up, and it registers
+    only once it sees an engine)."""
     wait_http_ok(f"{url}/ready", timeout, proc)
 
 
@@ -33,7 +33,7 @@ def mock_pipeline(tmp_path_factory):
 
     port = free_port()
     log = open(tmp_path_factory.mktemp("pipeline") / "pipeline.log", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SERVEMESH_INSTANCE_WAIT="1")
     proc = subprocess.Popen([sys.executable, str(LLM / "pipeline.py"), "--engine", "mock", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -98,6 +98,7 @@ def test_errors_have_openai_shape(mock_pipeline):
     with pytest.raises(openai.NotFoundError) as nf:
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert nf.value.status_code == 404 and nf.value.body["code"] == "model_not_found"
+    assert nf.value.body["message"].endswith("available: mock") and nf.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as bad:
         c.chat.completions.create(model="mock", messages=[{"role": "wizard", "content": "x"}])
     assert "messages.0.role" in bad.value.body["param"]
@@ -115,11 +116,29 @@ def test_errors_have_openai_shape(mock_pipeline):
 
 def test_health_metrics_and_openapi(mock_pipeline):
     assert httpx.get(f"{mock_pipeline}/health").json()["models"] == ["mock"]
+    assert httpx.get(f"{mock_pipeline}/ready").json() == {"ready": True, "models": ["mock"]}
     metrics = httpx.get(f"{mock_pipeline}/metrics").text
-    assert "servemesh_http_requests_total" in metrics
+    assert 'servemesh_http_requests_total{route="/v1/chat/completions",status="200"}' in metrics
+    assert 'servemesh_http_request_duration_seconds_count{route="/v1/chat/completions"}' in metrics
+    assert "servemesh_http_inflight" in metrics and "servemesh_http_time_to_first_token_seconds" in metrics
     assert 'servemesh_requests_total{endpoint="inference.processor.process"' in metrics
     spec = httpx.get(f"{mock_pipeline}/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"]
+
+
+def test_request_ids_are_echoed_on_every_response(mock_pipeline):
+    body = {"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+    ok = httpx.post(f"{mock_pipeline}/v1/chat/completions", json=body, headers={"X-Request-Id": "req-42"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "req-42"
+    bad = httpx.post(f"{mock_pipeline}/v1/chat/completions", json={"model": "mock"},
+                     headers={"X-Request-Id": "req-43"})
+    assert bad.status_code == 400 and bad.headers["x-request-id"] == "req-43"
+    with httpx.stream("POST", f"{mock_pipeline}/v1/chat/completions", json={**body, "stream": True},
+                      headers={"X-Request-Id": "req-44"}) as streamed:
+        assert streamed.headers["x-request-id"] == "req-44"
+        assert list(streamed.iter_lines())[-2] == "data: [DONE]"
+    made = httpx.get(f"{mock_pipeline}/v1/models").headers["x-request-id"]
+    assert made and made != httpx.get(f"{mock_pipeline}/v1/models").headers["x-request-id"]
 
 
 async def _engine_stats(rt: DistributedRuntime) -> list[dict]:
@@ -162,23 +181,36 @@ async def test_client_disconnect_stops_the_engine(spawn, etcd):
                 await asyncio.sleep(0.1)
 
 
-async def test_no_engine_is_a_503(spawn, etcd):
-    env = _env(etcd)
+def test_models_follow_processors_and_a_lost_engine_is_a_503(spawn, etcd):
+    env = {**_env(etcd), "SERVEMESH_INSTANCE_WAIT": "1"}
     spawn(LLM / "processor.py", "--engine", "mock", "--model", "orphan", env=env, name="processor")
     port = free_port()
     front = spawn(LLM / "frontend.py", "--port", str(port), env=env, name="frontend")
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/live", 60, front)
-    async with DistributedRuntime(etcd=etcd.url) as rt:
-        procs = await rt.endpoint("inference.processor.process").client(capabilities={"model": "orphan"})
-        await procs.wait_for_instances(30)
-    deadline = time.monotonic() + 10
-    while True:
-        with pytest.raises(openai.APIStatusError) as err:
-            client(url).chat.completions.create(model="orphan", messages=[{"role": "user", "content": "x"}])
-        if err.value.status_code == 503 or time.monotonic() > deadline:
-            break
-    assert err.value.status_code == 503 and "no live engine" in err.value.message
+    # no engine: the processor waits for one and does not register, so nothing is listed
+    assert httpx.get(f"{url}/ready").status_code == 503
+    assert client(url).models.list().data == []
+    with pytest.raises(openai.NotFoundError) as unknown:  # after the instance grace: never seen
+        client(url).chat.completions.create(model="orphan", messages=[{"role": "user", "content": "x"}])
+    assert unknown.value.body["code"] == "model_not_found"
+
+    engine = spawn(LLM / "engine.py", "--engine", "mock", "--model", "orphan", env=env, name="engine")
+    wait_ready(url, front)  # the processor registered once it saw the engine
+    assert [m.id for m in client(url).models.list().data] == ["orphan"]
+    resp = client(url).chat.completions.create(model="orphan", messages=[{"role": "user", "content": "x"}],
+                                               max_tokens=5)
+    assert resp.choices[0].message.content == "Hello"
+
+    engine.terminate()  # graceful: its registration leaves etcd before it exits
+    assert engine.wait(20) == 0
+    assert etcd.etcdctl("get", "--prefix", "--keys-only", "instances/inference/engine/").strip() == ""
+    # the processor's engine call finds none (after its grace) and raises NoInstancesError,
+    # which keeps its class across the hop to the frontend: a 503, not a 500
+    with pytest.raises(openai.APIStatusError) as err:
+        client(url).chat.completions.create(model="orphan", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503
+    assert err.value.body["type"] == "service_unavailable"
 
 
 async def test_kill_9_engine_behind_router_mid_traffic(spawn, etcd):

@@ -116,7 +116,7 @@ async def test_lease_lost_with_exit_configured_stops_the_worker_with_a_clear_err
         env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_LEASE_TTL": "1", "SERVEMESH_ON_LEASE_LOST": "exit"}
         worker = spawn(WORKER, namespace, env=env, name="worker")
         async with DistributedRuntime(etcd=etcd.url) as rt:
-            await (await rt.endpoint(f"{namespace}.worker.stream").client()).wait_for_instances(30)
+            await _worker_up(rt, namespace)
         etcd.stop()  # unreachable for longer than the 1 s TTL
         code = await asyncio.to_thread(worker.wait, 30)
         assert code != 0

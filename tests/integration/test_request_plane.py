@@ -21,8 +21,8 @@ from servemesh import (
     ValidationError,
 )
 from servemesh.errors import SerializationError
-from servemesh.runtime.distributed import RuntimeState
 from servemesh.runtime.discovery.memory import MemoryDiscovery, MemoryStore
+from servemesh.runtime.distributed import RuntimeState
 
 
 def runtimes(store: MemoryStore, n: int, **settings) -> list[DistributedRuntime]:

@@ -7,7 +7,7 @@ import pytest
 from servemesh import ServiceContext, async_init, depends, endpoint, entrypoint, on_shutdown, service
 from servemesh.errors import ConfigError
 from servemesh.sdk.serve import _check_kwargs
-from servemesh.sdk.spec import spec_of
+from servemesh.sdk.spec import capabilities_of, spec_of
 
 
 def test_decorators_only_attach_metadata():
@@ -111,3 +111,43 @@ def test_depends_needs_a_service():
     with pytest.raises(ConfigError, match="not a servemesh service"):
         class Uses:
             other = depends(dict)
+
+
+def test_capabilities_known_at_run_time_are_functions_of_the_instance():
+    @service(name="engine", namespace="ns", capabilities=lambda self: {"model": self.model})
+    class Engine:
+        def __init__(self, model: str) -> None:
+            self.model = model
+
+        @endpoint(capabilities=lambda self: {"shard": self.model.upper()})
+        async def generate(self, request):
+            yield request
+
+        @endpoint(capabilities={"kind": "stats"})
+        async def stats(self, request) -> dict:
+            return {}
+
+    assert type(Engine) is type and not hasattr(Engine, "model")  # only metadata was attached
+    spec = spec_of(Engine)
+    generate, stats = spec.endpoints
+    engine = Engine("m1")
+    assert capabilities_of(spec, generate, engine) == {"model": "m1", "shard": "M1"}
+    assert capabilities_of(spec, stats, engine) == {"model": "m1", "kind": "stats"}
+    assert capabilities_of(spec, stats, Engine("m2"))["model"] == "m2"
+
+
+def test_capabilities_must_be_a_dict_or_a_function_returning_one():
+    with pytest.raises(ConfigError, match="capabilities must be a dict or a function"):
+        @service(name="bad", capabilities=["model"])  # type: ignore[arg-type]
+        class Bad:
+            pass
+
+    @service(name="wrong")
+    class Wrong:
+        @endpoint(capabilities=lambda self: "model=m")
+        async def generate(self, request):
+            yield request
+
+    spec = spec_of(Wrong)
+    with pytest.raises(ConfigError, match=r"capabilities function of servemesh.wrong.generate must return a dict"):
+        capabilities_of(spec, spec.endpoints[0], Wrong())

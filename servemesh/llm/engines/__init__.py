@@ -1,14 +1,15 @@
-"""Engines: ``mock`` (deterministic, for tests and benchmarks) and ``llamacpp`` (real, CPU)."""
+"""Engines: ``mock`` (deterministic, for tests and benchmarks) and ``llamacpp`` (real, CPU).
+
+Each is a ``@service`` named ``inference.engine`` with ``generate`` and ``stats``
+endpoints, registered with the capabilities ``{"model": ..., "engine": ...}``: the
+model is known only at run time, and it is what clients select engines by."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
-
-from ...sdk import ServiceContext
+from collections.abc import Iterator
 
 log = logging.getLogger("servemesh.llm.engine")
 
@@ -37,14 +38,3 @@ class GenerationStats:
 
     def as_dict(self) -> dict[str, int]:
         return {"generating": self.generating, "served": self.served, "cancelled": self.cancelled}
-
-
-async def serve_engine(ctx: ServiceContext, generate: Callable[..., Any], stats: Callable[..., Any],
-                       model: str, kind: str) -> None:
-    """Serve an engine's ``generate`` and ``stats`` endpoints under its model's name.
-
-    Engines use ``@entrypoint`` for this: the model name is only known at run time,
-    and it is the capability clients select engines by."""
-    caps = {"model": model, "engine": kind}
-    await asyncio.gather(ctx.component.endpoint("generate").serve_endpoint(generate, capabilities=caps),
-                         ctx.component.endpoint("stats").serve_endpoint(stats, capabilities=caps))

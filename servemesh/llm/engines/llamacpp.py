@@ -11,15 +11,16 @@ from typing import Any
 
 from ...errors import ConfigError, Overloaded, ValidationError
 from ...runtime import Context
-from ...sdk import ServiceContext, async_init, entrypoint, on_shutdown, service
-from ..model import resolve_model
+from ...sdk import ServiceContext, async_init, endpoint, on_shutdown, service
+from ..model import load_llama, resolve_model
 from ..protocol import EngineOutput, EngineRequest
-from . import GenerationStats, serve_engine
+from . import GenerationStats
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
 
-@service(name="engine", namespace="inference")
+@service(name="engine", namespace="inference",
+         capabilities=lambda self: {"model": self.model, "engine": "llamacpp"})
 class LlamaCppEngine:
     """One llama.cpp context; requests take turns on it (at most ``max_waiting`` wait,
     then ``Overloaded``). Tokens are produced in a worker thread, one step per await, so
@@ -42,21 +43,17 @@ class LlamaCppEngine:
     @async_init
     async def load(self) -> None:
         try:
-            import llama_cpp
+            import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise ConfigError("the llamacpp engine needs llama-cpp-python: pip install 'servemesh[llm]'") from exc
         path = await asyncio.to_thread(resolve_model, self.model, self.model_path)
         log.info("loading %s from %s ...", self.model, path)
         started = time.monotonic()
         self.llm = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: llama_cpp.Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                                verbose=False))
+            self._pool, lambda: load_llama(path, n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False))
         log.info("model %s loaded in %.1fs", self.model, time.monotonic() - started)
 
-    @entrypoint
-    async def serve(self) -> None:
-        await serve_engine(self.ctx, self.generate, self.stats, self.model, "llamacpp")
-
+    @endpoint()
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
         if len(request.token_ids) + request.sampling.max_tokens > self.n_ctx:
             raise ValidationError(f"prompt ({len(request.token_ids)} tokens) plus max_tokens "
@@ -93,6 +90,7 @@ class LlamaCppEngine:
             self.llm.set_seed(s.seed)
         return self.llm.generate(request.token_ids, temp=s.temperature, top_p=s.top_p, reset=True)  # type: ignore[no-any-return]
 
+    @endpoint()
     async def stats(self, request: dict[str, object]) -> dict[str, int]:
         return {**self.counts.as_dict(), "waiting": self._waiting}
 

@@ -6,16 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from ...runtime import Context
-from ...sdk import ServiceContext, entrypoint, service
+from ...sdk import ServiceContext, endpoint, service
 from ..protocol import EngineOutput, EngineRequest
 from ..tokenizer import ByteTokenizer
-from . import GenerationStats, serve_engine
+from . import GenerationStats
 
 #: what the mock "model" says, as byte tokens (with multi-byte characters on purpose)
 MOCK_TEXT = "Hello from the mock engine. Café, naïve, 東京, 😀 — all streamed byte by byte. "
 
 
-@service(name="engine", namespace="inference")
+@service(name="engine", namespace="inference", capabilities=lambda self: {"model": self.model, "engine": "mock"})
 class MockEngine:
     """Streams the bytes of ``MOCK_TEXT`` (repeated) as tokens, ``tokens_per_s`` at a time
     (0: as fast as it can), after ``latency_s``; stops at ``max_tokens`` or, if
@@ -31,10 +31,7 @@ class MockEngine:
         self.tokens = list(MOCK_TEXT.encode("utf-8"))
         self.counts = GenerationStats()
 
-    @entrypoint
-    async def serve(self) -> None:
-        await serve_engine(self.ctx, self.generate, self.stats, self.model, "mock")
-
+    @endpoint()
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
         with self.counts.track():
             if self.latency_s:
@@ -49,6 +46,7 @@ class MockEngine:
                 yield EngineOutput(token_ids=[self.tokens[i % len(self.tokens)]])
             yield EngineOutput(finish_reason="length")
 
+    @endpoint()
     async def stats(self, request: dict[str, object]) -> dict[str, int]:
         """How many generations run now and how many were cancelled (for tests and ops)."""
         return self.counts.as_dict()

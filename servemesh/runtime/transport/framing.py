@@ -30,6 +30,8 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self._wbuf = bytearray()
         self._flush_scheduled = False
         self._paused = False
+        #: senders must wait: the socket is paused or our own buffer is full
+        self.congested = False
         self._drained: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -40,6 +42,8 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         """Queue a frame and return its size; raises ``FrameTooLarge`` /
         ``SerializationError`` with nothing queued."""
         size = codec.append_frame(self._wbuf, frame, self.limit)
+        if len(self._wbuf) >= HIGH_WATER:
+            self.congested = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -50,15 +54,12 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         if self._wbuf:
             buf, self._wbuf = self._wbuf, bytearray()
             if self.transport is not None and not self.closed:
-                self.transport.write(buf)
+                self.transport.write(buf)  # may call pause_writing
         if not self._paused:
+            self.congested = False
             self._wake()
 
     # -- write-side flow control --------------------------------------------------------
-    @property
-    def congested(self) -> bool:
-        return self._paused or len(self._wbuf) >= HIGH_WATER
-
     def wait_uncongested(self) -> asyncio.Future[None]:
         if self._drained is None or self._drained.done():
             self._drained = self._loop.create_future()
@@ -68,10 +69,13 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self.congested = True
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._wake()
+        self.congested = len(self._wbuf) >= HIGH_WATER
+        if not self.congested:
+            self._wake()
 
     def _wake(self) -> None:
         drained = self._drained
@@ -82,6 +86,7 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._paused = False
+        self.congested = False
         self._wake()
 
     # -- reading ------------------------------------------------------------------------
@@ -92,9 +97,8 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
             log.warning("closing connection from %s: %s", self.peer, exc)
             self.abort(str(exc))
             return
-        sizes = self._decoder.sizes
-        for i, frame in enumerate(frames):
-            self.frame_received(frame, sizes[i])
+        for frame, size in zip(frames, self._decoder.sizes):  # noqa: B905 (same length)
+            self.frame_received(frame, size)
 
     @abc.abstractmethod
     def frame_received(self, frame: codec.Frame, size: int) -> None:

@@ -153,10 +153,10 @@ class _NatsLink:
         if self.transport._streams.pop(sid, None) is not None and batcher is not None:
             batcher.write(self.subject, codec.Cancel(sid), self.reply)
 
-    def send_credit(self, sid: int, n: int) -> None:
+    def send_credit(self, sid: int, n: int, nbytes: int) -> None:
         batcher = self.transport.batcher
         if batcher is not None:
-            batcher.write(self.subject, codec.Credit(sid, n), self.reply)
+            batcher.write(self.subject, codec.Credit(sid, n, nbytes), self.reply)
 
 
 class NatsTransport:
@@ -242,7 +242,7 @@ class NatsTransport:
                 streams.request(reply, frame, functools.partial(batcher.write, reply),  # type: ignore[arg-type]
                                 only_path=path)
             elif ft is codec.Credit:
-                streams.grant(reply, frame.n)  # type: ignore[union-attr]
+                streams.grant(reply, frame.n, frame.bytes)  # type: ignore[union-attr]
             elif ft is codec.Cancel:
                 streams.cancel(reply)
 

@@ -9,7 +9,6 @@ the response frames through the transport's ``write`` function.
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Callable, Coroutine, Hashable, Mapping
 from typing import Any, Protocol
 
@@ -38,7 +37,7 @@ class FrameSink:
     connection is not congested, so a slow caller bounds the memory of a fast
     handler on both sides."""
 
-    __slots__ = ("_pressure", "_sizes", "_waiter", "_write", "budget", "credit", "expired", "outstanding", "sid")
+    __slots__ = ("_pressure", "_waiter", "_write", "budget", "credit", "expired", "outstanding", "sid")
 
     def __init__(self, write: Write, sid: int, window: int, window_bytes: int, pressure: Pressure) -> None:
         self._write = write
@@ -47,18 +46,16 @@ class FrameSink:
         self.credit = window
         self.budget = window_bytes
         self.outstanding = 0
-        self._sizes: collections.deque[int] = collections.deque()
         self.expired = False
         self._waiter: asyncio.Future[None] | None = None
 
     def ready(self) -> bool:
         return self.credit > 0 and self.outstanding < self.budget and not self._pressure.congested
 
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        size = self._write(codec.Item(self.sid, data, event, comments, id))
+    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> bool:
+        self.outstanding += self._write(codec.Item(self.sid, data, event, comments, id))
         self.credit -= 1
-        self.outstanding += size
-        self._sizes.append(size)
+        return self.credit > 0 and self.outstanding < self.budget and not self._pressure.congested
 
     def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
         self._write(codec.Item(self.sid, data, event, comments, id, True))
@@ -81,11 +78,9 @@ class FrameSink:
             finally:
                 self._waiter = None
 
-    def grant(self, n: int) -> None:
+    def grant(self, n: int, nbytes: int) -> None:
         self.credit += n
-        sizes = self._sizes
-        for _ in range(min(n, len(sizes))):
-            self.outstanding -= sizes.popleft()
+        self.outstanding = max(self.outstanding - nbytes, 0)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -116,6 +111,7 @@ class StreamTable:
         ctx = Context(f.request_id or None, f.metadata, timeout=timeout)
         try:
             call = Call(ep, f.payload, ctx)
+            call.interruptible = False  # stopped by cancelling its task, which this table owns
         except (InstanceUnavailable, Overloaded) as exc:
             sink.error(exc, refused=True)
             return
@@ -125,10 +121,10 @@ class StreamTable:
         task = self._spawn(self._run(key, call, sink, timeout))
         self._streams[key] = (task, sink, ctx)
 
-    def grant(self, key: Hashable, n: int) -> None:
+    def grant(self, key: Hashable, n: int, nbytes: int) -> None:
         entry = self._streams.get(key)
         if entry is not None:
-            entry[1].grant(n)
+            entry[1].grant(n, nbytes)
 
     def cancel(self, key: Hashable) -> None:
         entry = self._streams.get(key)

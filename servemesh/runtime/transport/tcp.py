@@ -41,7 +41,7 @@ class ServerConnection(FramedProtocol):
         if ft is codec.Request:
             self.streams.request(frame.sid, frame, self._write)  # type: ignore[arg-type]
         elif ft is codec.Credit:
-            self.streams.grant(frame.sid, frame.n)  # type: ignore[union-attr]
+            self.streams.grant(frame.sid, frame.n, frame.bytes)  # type: ignore[union-attr]
         elif ft is codec.Cancel:
             self.streams.cancel(frame.sid)
         else:
@@ -111,9 +111,9 @@ class ClientConnection(FramedProtocol):
         if self._streams.pop(sid, None) is not None and not self.closed:
             self.write_frame(codec.Cancel(sid))
 
-    def send_credit(self, sid: int, n: int) -> None:
+    def send_credit(self, sid: int, n: int, nbytes: int) -> None:
         if not self.closed:
-            self.write_frame(codec.Credit(sid, n))
+            self.write_frame(codec.Credit(sid, n, nbytes))
 
     @property
     def open_streams(self) -> int:

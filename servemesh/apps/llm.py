@@ -1,0 +1,113 @@
+"""The LLM application: engines, processor and the OpenAI frontend, assembled.
+
+Used by ``examples/llm/*.py``: the whole pipeline in one process
+(:func:`serve_pipeline`), or each part in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ..gateway.openai import OpenAIFrontend
+from ..http import HttpServer
+from ..llm.model import DEFAULT_MODEL, resolve_model
+from ..llm.processor import ENGINE_PATH, PROCESSOR_PATH, Processor
+from ..llm.tokenizer import ByteTokenizer, GGUFTokenizer, Tokenizer
+from ..runtime import DistributedRuntime
+from ..runtime.discovery.memory import MemoryDiscovery
+from ..sdk import serve
+
+log = logging.getLogger("servemesh.llm")
+
+ENGINES = ("llamacpp", "mock")
+
+
+def engine_class(kind: str) -> type:
+    if kind == "mock":
+        from ..llm.engines.mock import MockEngine
+
+        return MockEngine
+    if kind == "llamacpp":
+        from ..llm.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine
+    if kind in ("vllm", "sglang"):
+        raise ConfigError(f"the {kind} engine is not bundled; serve it as a @service with a `generate` endpoint "
+                          "at inference.engine.generate and a `model` capability (see docs/llm.md)")
+    raise ConfigError(f"unknown engine {kind!r}: use one of {', '.join(ENGINES)}")
+
+
+def engine_kwargs(kind: str, model: str, model_path: str | None, **extra: Any) -> dict[str, Any]:
+    if kind == "mock":
+        return {"model": model, **{k: v for k, v in extra.items() if v is not None}}
+    return {"model": model, "model_path": model_path}
+
+
+def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer:
+    if engine == "mock":
+        return ByteTokenizer(model)
+    return GGUFTokenizer(str(resolve_model(model, model_path)), model)
+
+
+async def start_frontend(runtime: DistributedRuntime, host: str, port: int, **options: Any) -> HttpServer:
+    """The OpenAI frontend on ``host:port`` (``options`` go to ``OpenAIFrontend``)."""
+    frontend = await OpenAIFrontend(runtime, **options).start()
+    server = HttpServer(frontend.app, host, port)
+    server.start()
+    log.info("OpenAI-compatible frontend on %s (docs: %s/docs)", server.url, server.url)
+    return server
+
+
+async def serve_pipeline(runtime: DistributedRuntime, *, engine: str = "llamacpp", model: str = DEFAULT_MODEL,
+                         model_path: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+                         engines: int = 1, on_ready: Callable[[str, str], Any] | None = None,
+                         **engine_extra: Any) -> None:
+    """Engine(s), processor and frontend in this process, until the runtime stops.
+
+    The frontend starts once every engine and the processor are served (the processor
+    serves only once it sees an engine), so its first ``/ready`` is a true one. A
+    component that fails to start stops the whole pipeline with its error."""
+    if engines < 1:
+        raise ConfigError(f"the pipeline needs at least one engine, not {engines}")
+    tokenizer = await asyncio.to_thread(make_tokenizer, engine, model, model_path)
+    cls = engine_class(engine)
+    kwargs = engine_kwargs(engine, model, model_path, **engine_extra)
+    # each further engine is another instance: a runtime of its own in the same discovery
+    others = [DistributedRuntime(runtime.settings, discovery=_shared(runtime)) for _ in range(engines - 1)]
+    try:
+        async with asyncio.TaskGroup() as services:
+            for rt in (runtime, *others):
+                services.create_task(serve(cls, runtime=rt, **kwargs))
+            services.create_task(serve(Processor, runtime=runtime, tokenizer=tokenizer, engine_path=ENGINE_PATH))
+            for rt in (runtime, *others):
+                await rt.wait_served(ENGINE_PATH)
+            await runtime.wait_served(PROCESSOR_PATH)
+            server = await start_frontend(runtime, host, port)
+            try:
+                if on_ready is not None:
+                    on_ready(server.url, model)
+                await runtime.wait_stopped()
+            finally:
+                await server.stop()
+                for rt in others:
+                    rt.request_shutdown()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # one component failed: its own error, not a group
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        for rt in others:
+            await rt.shutdown()
+
+
+def _shared(runtime: DistributedRuntime) -> MemoryDiscovery | None:
+    """Discovery for another runtime next to ``runtime``: the same in-memory store when
+    embedded; ``None`` (from the settings, e.g. etcd) otherwise."""
+    return MemoryDiscovery(runtime.discovery.store) if isinstance(runtime.discovery, MemoryDiscovery) else None
+
+
+__all__ = ["ENGINES", "engine_class", "engine_kwargs", "make_tokenizer", "serve_pipeline", "start_frontend"]

@@ -1,0 +1,106 @@
+"""The one mapping from errors to HTTP: status, a generic type and code, and headers.
+
+::
+
+    describe(exc) -> Problem(status, message, type, code, param, retry_after)
+
+    ApiError (a surface's own refusal)      its status
+    ValidationError, SerializationError      400
+    Overloaded                               429 + Retry-After
+    NoInstancesError, InstanceUnavailable    503
+    StreamIncomplete                         502
+    DeadlineExceeded                         504
+    Cancelled                                499
+    RemoteError, any other ServemeshError    500
+    anything else                            500
+
+Classes are matched with ``isinstance`` only: the runtime keeps an error's class
+across hops, so a ``NoInstancesError`` raised three processes away is still one
+here. A surface never maps errors itself; it supplies a :data:`Shape` that turns
+a problem into its body (OpenAI: ``{"error": {...}}``, KServe: ``{"error": "..."}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InstanceUnavailable,
+    NoInstancesError,
+    Overloaded,
+    RemoteError,
+    SerializationError,
+    ServemeshError,
+    StreamIncomplete,
+    ValidationError,
+)
+
+#: ``shape(status, message, type, code, param) -> body``: a surface's error body.
+Shape = Callable[[int, str, str, str | None, str | None], Any]
+
+#: seconds a client should wait before retrying a refused (429) request
+RETRY_AFTER = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What an error means over HTTP, before a surface gives it its shape."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+    retry_after: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+    def body(self, shape: Shape) -> Any:
+        return shape(self.status, self.message, self.type, self.code, self.param)
+
+
+class ApiError(Exception):
+    """A refusal decided by the gateway surface itself (unknown model, unsupported
+    option). Only gateway code raises it; workers raise servemesh errors."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.problem = Problem(status, message, type, code, param, retry_after)
+
+
+# (class, status, type, code): the first match wins, so subclasses come first
+_TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (ValidationError, 400, "invalid_request_error", "invalid_value"),
+    (SerializationError, 400, "invalid_request_error", "unserializable"),
+    (Overloaded, 429, "rate_limit_error", "overloaded"),
+    (NoInstancesError, 503, "service_unavailable", "no_instances"),
+    (InstanceUnavailable, 503, "service_unavailable", "instance_unavailable"),
+    (StreamIncomplete, 502, "upstream_error", "stream_incomplete"),
+    (DeadlineExceeded, 504, "timeout", "deadline_exceeded"),
+    (Cancelled, 499, "cancelled", "cancelled"),
+    (RemoteError, 500, "internal_error", "remote_error"),
+    (ServemeshError, 500, "internal_error", "internal_error"),
+)
+
+
+def describe(exc: BaseException) -> Problem:
+    """The HTTP meaning of ``exc`` (any exception; unknown ones are a 500)."""
+    if isinstance(exc, ApiError):
+        return exc.problem
+    for cls, status, type_, code in _TABLE:
+        if isinstance(exc, cls):
+            param = exc.field if isinstance(exc, ValidationError) else None
+            retry = RETRY_AFTER if status == 429 else None
+            return Problem(status, str(exc), type_, code, param, retry)
+    return Problem(500, "internal error", "internal_error", "internal_error")
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for ``exc``."""
+    return describe(exc).status

@@ -1,0 +1,33 @@
+"""A gateway's own Prometheus metrics, in a registry per gateway instance.
+
+Several gateways (or tests) in one process never collide, and ``/metrics`` serves
+this registry followed by the runtime's per-endpoint metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+#: request durations from the first byte in to the last byte out (streams included)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("servemesh_http_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.inflight = Gauge("servemesh_http_inflight", "HTTP requests in flight (admitted)",
+                              registry=self.registry)
+        self.duration = Histogram("servemesh_http_request_duration_seconds",
+                                  "HTTP request duration, to the end of the response body", ["route"],
+                                  buckets=BUCKETS, registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
