@@ -16,12 +16,13 @@ from ..errors import (
     Overloaded,
     ServemeshError,
 )
+from .annotated import Annotated
 from .context import Context
 from .records import InstanceRecord, capabilities_match, instance_prefix
 from .routing import Random, RoundRobin, Router, make_router
 from .serving import ANNOTATED, DATA
 from .stream import RemoteStream
-from .transport.base import ClientStream
+from .transport.base import ClientStream, Connector
 
 if TYPE_CHECKING:
     from .component import Endpoint
@@ -50,6 +51,7 @@ class Client:
         self._rr = RoundRobin()
         self._random = Random()
         self._instances: dict[int, InstanceRecord] = {}
+        self._connectors: dict[int, tuple[InstanceRecord, Connector]] = {}
         self._quarantine: dict[int, float] = {}
         self._load: dict[int, int] = {}
         self._changed = asyncio.Event()
@@ -79,6 +81,7 @@ class Client:
             return
         self._instances.pop(iid, None)
         self._quarantine.pop(iid, None)
+        self._connectors.pop(iid, None)
         self._changed.set()
 
     # -- the live set ---------------------------------------------------------------
@@ -166,14 +169,21 @@ class Client:
             return None
         return live[router.choose(candidates, self._load)]
 
+    def _connector(self, record: InstanceRecord) -> Connector:
+        """The transport connector for ``record`` (remembered while the record is live)."""
+        found = self._connectors.get(record.instance_id)
+        if found is None or found[0] is not record:
+            found = self._connectors[record.instance_id] = (record, self.runtime.plane.connector(record))
+        return found[1]
+
     async def _connect(self, record: InstanceRecord, request: Any, ctx: Context | None) -> ClientStream:
-        plane = self.runtime.plane
-        source = plane.open_nowait(record, request, ctx) or await plane.open(record, request, ctx)
+        connector = self._connector(record)
+        source = connector.open_nowait(record, request, ctx) or await connector.open(record, request, ctx)
         self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
 
     def _connect_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> ClientStream | None:
-        source = self.runtime.plane.open_nowait(record, request, ctx)
+        source = self._connector(record).open_nowait(record, request, ctx)
         if source is not None:
             self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
@@ -415,8 +425,15 @@ async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
                     yield item
                 return
             remote = cast(RemoteStream, src)
+            next_item = remote.next
             try:
-                item = await remote.next()
+                if annotated:
+                    while True:
+                        item = await next_item()
+                        yield Annotated(item.data, item.event, item.comments, item.id)
+                else:
+                    while True:
+                        yield (await next_item()).data
             except StopAsyncIteration:
                 return
             except (InstanceUnavailable, Overloaded) as exc:
@@ -428,8 +445,6 @@ async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
                     self._client.quarantine(record.instance_id)
                 self._src = None
                 src = await self._open(exc)
-                continue
-            yield remote.wrap(item, annotated)
     finally:
         if not src.finished:
             src.cancel()

@@ -171,8 +171,11 @@ class Call:
                     else:
                         async for item in handler:
                             yield item
-                finally:
+                except BaseException:  # the caller left, or the handler failed: let it clean up now
                     await self._close_handler()
+                    raise
+                if self._closing is not None:
+                    await asyncio.shield(self._closing)
                 if self._interrupt is not None:  # the handler was closed by ``interrupt``
                     raise self._interrupt
             self.finish("ok")

@@ -40,12 +40,12 @@ class RemoteStream:
         "_consumed",
         "_consumed_bytes",
         "_done",
+        "_half",
+        "_half_bytes",
         "_items",
         "_link",
         "_sizes",
         "_waiter",
-        "_window",
-        "_window_bytes",
         "address",
         "instance_id",
         "path",
@@ -71,8 +71,8 @@ class RemoteStream:
         self._sizes: collections.deque[int] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._done: codec.End | codec.Error | _Lost | ServemeshError | None = None
-        self._window = window
-        self._window_bytes = window_bytes
+        self._half = max(window // 2, 1)
+        self._half_bytes = max(window_bytes // 2, 1)
         self._consumed = 0
         self._consumed_bytes = 0
 
@@ -103,8 +103,7 @@ class RemoteStream:
                 self.received += 1
                 self._consumed += 1
                 self._consumed_bytes += self._sizes.popleft()
-                if (self._consumed * 2 >= self._window or self._consumed_bytes * 2 >= self._window_bytes) \
-                        and self._done is None:
+                if (self._consumed >= self._half or self._consumed_bytes >= self._half_bytes) and self._done is None:
                     self._link.send_credit(self.sid, self._consumed, self._consumed_bytes)
                     self._consumed = 0
                     self._consumed_bytes = 0

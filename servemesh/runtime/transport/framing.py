@@ -40,9 +40,11 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
 
     def write_frame(self, frame: codec.Frame) -> int:
         """Queue a frame and return its size; raises ``FrameTooLarge`` /
-        ``SerializationError`` with nothing queued."""
-        size = codec.append_frame(self._wbuf, frame, self.limit)
-        if len(self._wbuf) >= HIGH_WATER:
+        ``SerializationError`` with nothing queued. Frames queued after the connection
+        closed are dropped at the next flush."""
+        buf = self._wbuf
+        size = codec.append_frame(buf, frame, self.limit)
+        if len(buf) >= HIGH_WATER:
             self.congested = True
         if not self._flush_scheduled:
             self._flush_scheduled = True

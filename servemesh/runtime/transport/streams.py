@@ -53,9 +53,9 @@ class FrameSink:
         return self.credit > 0 and self.outstanding < self.budget and not self._pressure.congested
 
     def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> bool:
-        self.outstanding += self._write(codec.Item(self.sid, data, event, comments, id))
-        self.credit -= 1
-        return self.credit > 0 and self.outstanding < self.budget and not self._pressure.congested
+        outstanding = self.outstanding = self.outstanding + self._write(codec.Item(self.sid, data, event, comments, id))
+        credit = self.credit = self.credit - 1
+        return credit > 0 and outstanding < self.budget and not self._pressure.congested
 
     def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
         self._write(codec.Item(self.sid, data, event, comments, id, True))

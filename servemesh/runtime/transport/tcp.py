@@ -39,7 +39,7 @@ class ServerConnection(FramedProtocol):
     def frame_received(self, frame: codec.Frame, size: int) -> None:
         ft = type(frame)
         if ft is codec.Request:
-            self.streams.request(frame.sid, frame, self._write)  # type: ignore[arg-type]
+            self.streams.request(frame.sid, frame, self.write_frame)  # type: ignore[arg-type]
         elif ft is codec.Credit:
             self.streams.grant(frame.sid, frame.n, frame.bytes)  # type: ignore[union-attr]
         elif ft is codec.Cancel:
@@ -47,11 +47,6 @@ class ServerConnection(FramedProtocol):
         else:
             log.warning("unexpected %s frame from %s; closing", ft.__name__, self.peer)
             self.abort("unexpected frame")
-
-    def _write(self, frame: codec.Frame) -> int:
-        if self.closed:
-            return 0
-        return self.write_frame(frame)
 
     async def close(self) -> None:
         await self.streams.close()
