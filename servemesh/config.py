@@ -67,6 +67,59 @@ class Settings:
     #: where ``servemesh up`` records the local etcd / nats-server.
     state_dir: str = field(default_factory=_default_state_dir)
 
+    # -- deadlines and liveness (docs/security.md) -------------------------------------
+    #: seconds a remote call may take when its context sets no deadline.
+    request_timeout: float = 300.0
+    #: seconds between liveness checks of a peer while streams to it are open.
+    heartbeat_interval: float = 1.0
+    #: seconds without any sign of life from a peer before its streams fail.
+    heartbeat_timeout: float = 5.0
+    #: seconds an incomplete frame may stay incomplete before the peer is disconnected.
+    frame_timeout: float = 30.0
+
+    # -- HTTP surfaces: limits and authentication (docs/security.md) -------------------
+    #: API keys for every HTTP surface and the system port, comma-separated; none: open.
+    api_key: str | None = None
+    #: a file with one API key per line (added to ``api_key``).
+    api_key_file: str | None = None
+    #: serve ``/metrics`` without an API key.
+    metrics_public: bool = False
+    #: largest HTTP request body, bytes (413 above it).
+    http_max_body: int = 4 * 1024 * 1024
+    #: most open HTTP connections per server (then 503).
+    http_max_connections: int = 1024
+    #: seconds to receive a request's headers, and an idle keep-alive connection's next request.
+    http_header_timeout: float = 10.0
+    #: seconds to receive a request's body.
+    http_body_timeout: float = 30.0
+    #: show internal addresses and instance ids in HTTP error messages.
+    debug_errors: bool = False
+
+    # -- TLS and credentials (docs/security.md) -----------------------------------------
+    #: etcd user and password (also taken from ``https://user:password@host`` in ``etcd``).
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    #: CA bundle to verify etcd, and a client certificate and key to present to it.
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    #: NATS credentials file (JWT + NKey seed), NKey seed file, or user and password.
+    nats_creds: str | None = None
+    nats_nkey: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    #: CA bundle to verify NATS, and a client certificate and key to present to it.
+    nats_ca: str | None = None
+    nats_cert: str | None = None
+    nats_key: str | None = None
+    #: TLS on the TCP request plane: this process's certificate and key (serving over TLS),
+    #: and the CA that verifies peers (calling TLS instances; clients with ``tls_mutual``).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    #: require and verify client certificates on the TCP request plane (mutual TLS).
+    tls_mutual: bool = False
+
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "nats", "memory"):
             raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp', 'nats' or 'memory', not {self.transport!r}")
@@ -76,10 +129,12 @@ class Settings:
             raise ConfigError(
                 f"SERVEMESH_ON_LEASE_LOST must be 'reregister' or 'exit', not {self.on_lease_lost!r}"
             )
-        for name in ("lease_ttl", "max_payload", "stream_window", "stream_window_bytes", "max_concurrency"):
+        for name in ("lease_ttl", "max_payload", "stream_window", "stream_window_bytes", "max_concurrency",
+                     "http_max_body", "http_max_connections"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
-        for name in ("drain_timeout", "connect_timeout"):
+        for name in ("drain_timeout", "connect_timeout", "request_timeout", "heartbeat_interval",
+                     "heartbeat_timeout", "frame_timeout", "http_header_timeout", "http_body_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         if self.instance_wait < 0:
@@ -126,6 +181,13 @@ class Settings:
 
 def _parse(name: str, type_: Any, raw: str) -> Any:
     text = str(type_)
+    if text == "bool":
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"SERVEMESH_{name.upper()}={raw!r} is not a boolean (use true or false)")
     try:
         if "int" in text and "str" not in text:
             return int(raw)

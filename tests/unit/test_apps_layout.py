@@ -30,6 +30,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [
+    ("runtime", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("llm", ("servemesh.gateway", "servemesh.apps")),
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("gateway", ("servemesh.apps",)),
