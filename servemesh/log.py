@@ -43,3 +43,33 @@ def configure_logging(level: str | int | None = None, *, settings: Settings | No
         # third-party chatter stays at warning unless debugging everything
         for noisy in ("grpc", "asyncio", "nats", "uvicorn.access"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+class Throttled:
+    """Log lines about things outsiders control (malformed frames, bad requests) at
+    most ``per_minute`` times a minute per key; the lines held back are counted and
+    reported with the next one that goes out."""
+
+    def __init__(self, logger: logging.Logger, per_minute: int = 10, max_keys: int = 1024) -> None:
+        self.logger = logger
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._windows: dict[object, tuple[float, int, int]] = {}  # key -> (window start, sent, held back)
+
+    def warning(self, key: object, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def log(self, level: int, key: object, message: str, *args: object) -> None:
+        now = time.monotonic()
+        start, sent, held = self._windows.get(key, (now, 0, 0))
+        if now - start >= 60.0:
+            start, sent = now, 0
+        if sent >= self.per_minute:
+            self._windows[key] = (start, sent, held + 1)
+            return
+        if len(self._windows) >= self.max_keys and key not in self._windows:
+            self._windows.clear()  # bounded memory: forget old keys rather than grow
+        self._windows[key] = (start, sent + 1, 0)
+        if held:
+            message += f" ({held} similar lines suppressed)"
+        self.logger.log(level, message, *args)

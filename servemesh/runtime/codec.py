@@ -66,7 +66,18 @@ class Credit(msgspec.Struct, tag=6, array_like=True, omit_defaults=True):
     bytes: int = 0
 
 
-Frame = Request | Item | End | Error | Cancel | Credit
+class Ping(msgspec.Struct, tag=7, array_like=True):
+    """Liveness check; the peer answers with a ``Pong`` carrying the same number
+    (``sid`` here is a token, not a stream)."""
+
+    sid: int
+
+
+class Pong(msgspec.Struct, tag=8, array_like=True):
+    sid: int
+
+
+Frame = Request | Item | End | Error | Cancel | Credit | Ping | Pong
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -133,19 +144,27 @@ def decode(data: bytes) -> Frame:
 
 class FrameDecoder:
     """Incremental decoder for a byte stream: ``feed`` returns the whole frames so far,
-    and ``sizes`` the body size of each (for byte-based flow control)."""
+    and ``sizes`` the body size of each (for byte-based flow control).
 
-    __slots__ = ("_buf", "_limit", "sizes")
+    An incomplete frame is kept and extended in place: a large frame arriving in
+    many small reads costs one copy, not one per read."""
+
+    __slots__ = ("_buf", "_limit", "_need", "sizes")
 
     def __init__(self, limit: int) -> None:
         self._buf = bytearray()
         self._limit = limit
+        #: bytes ``_buf`` must hold before another frame can be decoded
+        self._need = 0
         self.sizes: list[int] = []
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         if buf:
             buf.extend(data)
+            if len(buf) < self._need:
+                self.sizes = []
+                return []
             view = memoryview(buf)
         else:
             view = memoryview(data)
@@ -155,6 +174,7 @@ class FrameDecoder:
         end = len(view)
         limit = self._limit
         decode_one = _decoder.decode
+        need = 0
         try:
             while end - pos >= HEADER:
                 size = int.from_bytes(view[pos:pos + HEADER], "big")
@@ -162,6 +182,7 @@ class FrameDecoder:
                     raise FrameTooLarge(size, limit)
                 stop = pos + HEADER + size
                 if stop > end:
+                    need = HEADER + size
                     break
                 try:
                     frames.append(decode_one(view[pos + HEADER:stop]))
@@ -172,7 +193,11 @@ class FrameDecoder:
             rest = bytes(view[pos:]) if pos < end else b""
         finally:
             view.release()
+        if buf and pos == 0:
+            self._need = need or HEADER
+            return frames  # nothing consumed: keep extending the same buffer
         self._buf = bytearray(rest)
+        self._need = need or HEADER
         return frames
 
     @property

@@ -51,7 +51,7 @@ def test_up_ls_call_metrics_down(stack, spawn, tmp_path):
     listing = sm("ls", "cli", env=env).stdout
     assert "NAMESPACE" in listing and "stream" in listing and "typed" in listing
     rows = [json.loads(line) for line in sm("ls", "cli", "--json", env=env).stdout.splitlines()]
-    assert {r["endpoint"] for r in rows} == {"stream", "fail", "typed", "stats", "big", "blobs", "rss"}
+    assert {r["endpoint"] for r in rows} == {"stream", "fail", "typed", "stats", "big", "blobs", "rss", "surrogate", "sleepy"}
     assert all(r["transport"]["tcp"].startswith("127.0.0.1:") for r in rows)
 
     items = [json.loads(line) for line in sm("call", "cli.worker.stream", '{"n": 4}', env=env).stdout.splitlines()]

@@ -14,6 +14,7 @@ from servemesh import Context, DistributedRuntime, worker
 
 NAMESPACE = sys.argv[1] if len(sys.argv) > 1 else "test"
 state = {"cancelled": 0, "cancelled_at": 0.0, "stopped_seen": 0}
+RUNTIME: list[DistributedRuntime] = []
 
 
 class Prompt(BaseModel):
@@ -47,7 +48,20 @@ async def typed(request: Prompt):
 
 
 async def stats(request: dict) -> dict:
-    return {**state, "pid": os.getpid()}
+    inflight = {path: ep.inflight for path, ep in RUNTIME[0].served.items()} if RUNTIME else {}
+    return {**state, "pid": os.getpid(), "inflight": inflight}
+
+
+async def surrogate(request: dict):
+    """A few good items, then one that cannot be encoded (a lone surrogate)."""
+    for k in range(int(request.get("good", 2))):
+        yield {"k": k}
+    yield {"text": "bad \ud800 text"}
+
+
+async def sleepy(request: dict):
+    await asyncio.sleep(float(request.get("seconds", 30)))
+    yield {"slept": True}
 
 
 async def big(request: dict):
@@ -76,6 +90,7 @@ def _rss() -> int:
 @worker
 async def main(runtime: DistributedRuntime) -> None:
     servemesh.configure_logging()
+    RUNTIME.append(runtime)
     component = runtime.namespace(NAMESPACE).component("worker")
     await component.create_service()
     await asyncio.gather(
@@ -86,6 +101,8 @@ async def main(runtime: DistributedRuntime) -> None:
         component.endpoint("big").serve_endpoint(big),
         component.endpoint("blobs").serve_endpoint(blobs),
         component.endpoint("rss").serve_endpoint(rss),
+        component.endpoint("surrogate").serve_endpoint(surrogate),
+        component.endpoint("sleepy").serve_endpoint(sleepy),
     )
 
 

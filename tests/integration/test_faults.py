@@ -17,7 +17,7 @@ async def _pids(client, n: int = 3) -> list[int]:
     return [i.data()["pid"] for i in [x async for x in client.generate({"n": n})]]
 
 
-WORKER_ENDPOINTS = ("stream", "fail", "typed", "stats", "big", "blobs", "rss")
+WORKER_ENDPOINTS = ("stream", "fail", "typed", "stats", "big", "blobs", "rss", "surrogate", "sleepy")
 
 
 async def _worker_up(rt: DistributedRuntime, namespace: str, timeout: float = 30) -> None:

@@ -1,17 +1,64 @@
-"""Frame writing shared by both ends of a byte-stream connection (TCP, memory)."""
+"""What both ends of a byte-stream connection (TCP, memory) share: batched frame
+writes, write-side flow control, liveness (``Ping`` / ``Pong``) and limits on
+incomplete frames."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
+import itertools
 import logging
 
+from ...log import Throttled
 from .. import codec
 
 log = logging.getLogger("servemesh.transport")
+#: peers that break the protocol are logged at most a few times a minute
+broken_peers = Throttled(log, per_minute=6)
 
 #: bytes queued in a connection (ours plus the transport's) above which senders wait
 HIGH_WATER = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """How a connection watches its peer (``Settings.heartbeat_*``, ``frame_timeout``)."""
+
+    #: while streams are open and the peer has been quiet this long, send a ``Ping``
+    interval: float = 1.0
+    #: a peer quiet this long while streams are open is gone: the connection is dropped
+    timeout: float = 5.0
+    #: an incomplete frame older than this drops the connection
+    frame_timeout: float = 30.0
+
+
+class PartialBudget:
+    """Bytes of incomplete frames all connections of one listener may hold together.
+
+    A connection that would go over stops being read (backpressure, not an error)
+    until others complete their frames; if its own frame then stays incomplete past
+    the frame timeout, it is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._paused: set[FramedProtocol] = set()
+
+    def take(self, conn: FramedProtocol, before: int, after: int) -> None:
+        """Account a connection's pending bytes going from ``before`` to ``after``."""
+        self.used += after - before
+        if after > before and self.used > self.limit and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._paused.add(conn)
+        elif after < before and self._paused and self.used <= self.limit:
+            paused, self._paused = self._paused, set()
+            for other in paused:
+                if other.transport is not None and not other.closed:
+                    other.transport.resume_reading()
+
+    def forget(self, conn: FramedProtocol) -> None:
+        self._paused.discard(conn)
 
 
 class FramedProtocol(asyncio.Protocol, abc.ABC):
@@ -22,10 +69,18 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
     or this connection's own buffer passes ``HIGH_WATER``, the connection is
     ``congested`` and stream senders wait (``wait_uncongested``)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, liveness: Liveness | None = None, budget: PartialBudget | None = None) -> None:
         self.limit = limit
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.liveness = liveness or Liveness()
+        self._budget = budget
+        self._pending = 0
+        self._partial_timer: asyncio.TimerHandle | None = None
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._pings = itertools.count(1)
+        #: why this end dropped the connection (for the streams that fail with it)
+        self.abort_reason: str | None = None
         self._decoder = codec.FrameDecoder(limit)
         self._wbuf = bytearray()
         self._flush_scheduled = False
@@ -34,6 +89,7 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self.congested = False
         self._drained: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._last_rx = self._loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -90,25 +146,96 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self._paused = False
         self.congested = False
         self._wake()
+        for timer in (self._partial_timer, self._beat_timer):
+            if timer is not None:
+                timer.cancel()
+        self._partial_timer = self._beat_timer = None
+        self._account_pending(0)
+        if self._budget is not None:
+            self._budget.forget(self)
+        # free buffers now, not when the cyclic GC finds this protocol
+        self._decoder = codec.FrameDecoder(self.limit)
+        self._wbuf = bytearray()
 
     # -- reading ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data)
         except Exception as exc:  # ProtocolError: the peer is broken, this connection is done
-            log.warning("closing connection from %s: %s", self.peer, exc)
+            broken_peers.warning(self.peer, "closing connection from %s: %s", self.peer, exc)
             self.abort(str(exc))
             return
-        for frame, size in zip(frames, self._decoder.sizes):  # noqa: B905 (same length)
+        if decoder.pending or self._pending:
+            self._watch_partial(decoder.pending)
+        for frame, size in zip(frames, decoder.sizes):  # noqa: B905 (same length)
             self.frame_received(frame, size)
 
     @abc.abstractmethod
     def frame_received(self, frame: codec.Frame, size: int) -> None:
         """Dispatch one decoded frame (each end has its own frames)."""
 
+    def control_frame(self, frame: codec.Frame) -> bool:
+        """Handle a frame either end may get (``Ping``, ``Pong``); False for others."""
+        ft = type(frame)
+        if ft is codec.Ping:
+            self.write_frame(codec.Pong(frame.sid))
+            return True
+        return ft is codec.Pong
+
+    def protocol_violation(self, what: str) -> None:
+        broken_peers.warning(self.peer, "closing connection from %s: %s", self.peer, what)
+        self.abort(what)
+
     def abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
         if self.transport is not None:
             self.transport.abort()
+
+    # -- limits on incomplete frames ------------------------------------------------------
+    def _watch_partial(self, pending: int) -> None:
+        self._account_pending(pending)
+        if pending and self._partial_timer is None:
+            self._partial_timer = self._loop.call_later(self.liveness.frame_timeout, self._partial_expired)
+        elif not pending and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _account_pending(self, pending: int) -> None:
+        before, self._pending = self._pending, pending
+        if self._budget is not None and before != pending:
+            self._budget.take(self, before, pending)
+
+    def _partial_expired(self) -> None:
+        self._partial_timer = None
+        if self._decoder.pending:
+            self.protocol_violation(f"a frame stayed incomplete for {self.liveness.frame_timeout:g} s")
+
+    # -- liveness -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def has_streams(self) -> bool:
+        """True while streams are open on this connection (then the peer is watched)."""
+
+    def watch_peer(self) -> None:
+        """Start checking the peer's liveness (called when a stream opens)."""
+        if self._beat_timer is None and not self.closed:
+            self._last_rx = max(self._last_rx, self._loop.time() - self.liveness.interval)
+            self._beat_timer = self._loop.call_later(self.liveness.interval, self._beat)
+
+    def _beat(self) -> None:
+        self._beat_timer = None
+        if self.closed or not self.has_streams():
+            return
+        quiet = self._loop.time() - self._last_rx
+        if quiet >= self.liveness.timeout:
+            log.warning("peer %s silent for %.1f s with streams open; dropping the connection", self.peer, quiet)
+            self.abort(f"the peer did not answer for {quiet:.1f} s")
+            return
+        if quiet >= self.liveness.interval:
+            self.write_frame(codec.Ping(next(self._pings)))
+        self._beat_timer = self._loop.call_later(self.liveness.interval, self._beat)
 
     @property
     def peer(self) -> str:

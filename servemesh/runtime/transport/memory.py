@@ -102,10 +102,9 @@ class MemoryTransport:
     def __init__(self, settings: Settings, endpoints: Mapping[str, ServedEndpoint], instance_id: int,
                  network: MemoryNetwork = NETWORK) -> None:
         self._network = network
-        self._server = StreamServer(endpoints, settings.max_payload, settings.stream_window_bytes)
+        self._server = StreamServer(endpoints, settings)
         self.address = ""
-        self.pool = ConnectionPool(network.dial, limit=settings.max_payload, connect_timeout=settings.connect_timeout,
-                                   window=settings.stream_window, window_bytes=settings.stream_window_bytes)
+        self.pool = ConnectionPool(network.dial, settings)
 
     def accepts(self, record: InstanceRecord) -> bool:
         return self.key in record.transport

@@ -17,11 +17,12 @@ import collections
 import functools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...config import Settings
 from ...errors import ConfigError, InstanceUnavailable, ProtocolError
+from ...log import Throttled
 from .. import codec, errortable
 from ..context import Context
 from ..records import InstanceRecord
@@ -31,6 +32,8 @@ from ..tasks import TaskSet, within
 from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.nats")
+#: malformed messages come from outside: log a few a minute
+garbage = Throttled(log, per_minute=6)
 
 NO_RESPONDERS = "503"
 #: bytes waiting to be published above which stream senders wait
@@ -41,7 +44,8 @@ def instance_subject(namespace: str, component: str, endpoint: str, instance_id:
     return f"{namespace}_{component}.{endpoint}-{instance_id:x}"
 
 
-async def connect(url: str, name: str, timeout: float) -> Any:
+async def connect(url: str, name: str, timeout: float, *, on_lost: Callable[[], None] | None = None,
+                  on_back: Callable[[], None] | None = None) -> Any:
     import nats
 
     async def on_error(exc: Exception) -> None:
@@ -49,9 +53,13 @@ async def connect(url: str, name: str, timeout: float) -> Any:
 
     async def on_disconnect() -> None:
         log.warning("nats connection %s lost; reconnecting", name)
+        if on_lost is not None:
+            on_lost()
 
     async def on_reconnect() -> None:
         log.info("nats connection %s re-established", name)
+        if on_back is not None:
+            on_back()
 
     try:
         return await nats.connect(url, name=name, connect_timeout=timeout, error_cb=on_error,
@@ -181,8 +189,13 @@ class NatsTransport:
         self._inbox_sub: Any = None
         self._streams: dict[int, RemoteStream] = {}
         self._next_sid = 1
-        self._probe_interval = 1.0
         self._probing: set[str] = set()
+        #: when each instance subject last answered a probe
+        self._answered: dict[str, float] = {}
+        #: when each caller (inbox prefix) was last heard from, for reaping its streams
+        self._callers: dict[str, float] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self.connected = False
 
     async def _connection(self) -> Any:
         async with self._lock:
@@ -190,11 +203,25 @@ class NatsTransport:
                 if not self.settings.nats:
                     raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
                 nc = await connect(self.settings.nats, f"servemesh-{self.instance_id:x}",
-                                   self.settings.connect_timeout)
+                                   self.settings.connect_timeout, on_lost=self._lost, on_back=self._back)
+                self.connected = True
                 self.limit = min(self.settings.max_payload, nc.max_payload)
                 self.batcher = _Batcher(nc, self.limit, self.tasks)
                 self.nc = nc
             return self.nc
+
+    def _lost(self) -> None:
+        """The connection dropped: calls fail now, not after the reconnect; the streams
+        this process serves are stopped (their replies could not be delivered)."""
+        self.connected = False
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.lost("the NATS connection was lost")
+        if self._server_streams is not None:
+            self._server_streams.cancel_all()
+
+    def _back(self) -> None:
+        self.connected = True
 
     # -- listener -----------------------------------------------------------------------
     async def add(self, served: ServedEndpoint, record: InstanceRecord) -> dict[str, str]:
@@ -202,7 +229,7 @@ class NatsTransport:
         assert self.batcher is not None
         if self._server_streams is None:
             self._server_streams = StreamTable(self.endpoints, self.tasks.spawn, self.batcher,
-                                               self.settings.stream_window_bytes)
+                                               self.settings.stream_window_bytes, self.settings.request_timeout)
         subject = instance_subject(record.namespace, record.component, record.endpoint, record.instance_id)
         path = served.path
 
@@ -228,23 +255,56 @@ class NatsTransport:
         try:
             frames = codec.decode_all(msg.data, self.limit)
         except ProtocolError as exc:
-            log.warning("malformed message on %s: %s", msg.subject, exc)
+            garbage.warning(msg.subject, "malformed message on %s: %s", msg.subject, exc)
             if reply:
                 kind, fields = errortable.encode(exc)
                 batcher.write(reply, codec.Error(0, kind, fields))  # type: ignore[arg-type]
             return
+        if reply:
+            self._callers[reply.rpartition(".")[0]] = asyncio.get_running_loop().time()
         for frame in frames:
             ft = type(frame)
             if ft is codec.Request:
                 if not reply:
-                    log.warning("request on %s without a reply subject; dropped", path)
+                    garbage.warning(path, "request on %s without a reply subject; dropped", path)
                     continue
-                streams.request(reply, frame, functools.partial(batcher.write, reply),  # type: ignore[arg-type]
-                                only_path=path)
+                try:
+                    streams.request(reply, frame, functools.partial(batcher.write, reply),  # type: ignore[arg-type]
+                                    only_path=path)
+                except ProtocolError as exc:
+                    garbage.warning(path, "request on %s dropped: %s", path, exc)
+                    continue
+                if self._reaper is None:
+                    self._reaper = self.tasks.spawn(self._reap(), name="nats reap orphans")
             elif ft is codec.Credit:
                 streams.grant(reply, frame.n, frame.bytes)  # type: ignore[union-attr]
             elif ft is codec.Cancel:
-                streams.cancel(reply)
+                streams.cancel(reply, by_caller=True)
+            elif ft is codec.Ping and reply:
+                batcher.write(reply, codec.Pong(frame.sid))
+
+    async def _reap(self) -> None:
+        """Stop the streams whose caller went silent (killed, partitioned, or never there):
+        a live caller probes every ``heartbeat_interval`` while its streams are open."""
+        streams = self._server_streams
+        assert streams is not None
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.heartbeat_timeout
+        try:
+            while len(streams):
+                await asyncio.sleep(self.settings.heartbeat_interval)
+                now = loop.time()
+                for key in streams.keys():
+                    heard = self._callers.get(str(key).rpartition(".")[0])
+                    if heard is None or now - heard > timeout:
+                        log.info("caller of stream %s silent for over %.0f s; stopping it", key, timeout)
+                        streams.cancel(key)
+                live = {str(k).rpartition(".")[0] for k in streams.keys()}
+                for prefix in list(self._callers):
+                    if prefix not in live and now - self._callers[prefix] > timeout:
+                        del self._callers[prefix]
+        finally:
+            self._reaper = None
 
     # -- connector ----------------------------------------------------------------------
     def accepts(self, record: InstanceRecord) -> bool:
@@ -254,6 +314,11 @@ class NatsTransport:
         if self._inbox_sub is None:
             return None
         return self._open(record, request, ctx)
+
+    def _check_connected(self, record: InstanceRecord) -> None:
+        if not self.connected:
+            raise InstanceUnavailable(record.instance_id, record.address,
+                                      "this process is not connected to NATS (reconnecting)")
 
     async def open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
         if not self.settings.nats:
@@ -270,6 +335,7 @@ class NatsTransport:
         return self._open(record, request, ctx)
 
     def _open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
+        self._check_connected(record)
         assert self.batcher is not None
         subject = record.transport[self.key]
         s = self.settings
@@ -283,12 +349,16 @@ class NatsTransport:
         self._streams[sid] = stream
         if subject not in self._probing:
             self._probing.add(subject)
+            self._answered[subject] = asyncio.get_running_loop().time()
             self.tasks.spawn(self._probe(subject, record.instance_id), name=f"probe {subject}")
         return stream
 
     def _on_reply(self, msg: Any) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
         headers = msg.headers
+        if token.startswith("p") and not (headers and headers.get("Status") == NO_RESPONDERS):
+            self._probe_answered(token[1:])  # a Pong: the instance is alive
+            return
         if headers and headers.get("Status") == NO_RESPONDERS:
             if token.startswith("p"):  # a liveness probe found nobody
                 self._instance_gone(token[1:], "no responders: the instance is gone")
@@ -303,14 +373,14 @@ class NatsTransport:
             if decoder.pending:
                 raise ProtocolError(f"truncated frame: {decoder.pending} trailing bytes")
         except ProtocolError as exc:
-            log.warning("malformed reply on %s: %s", msg.subject, exc)
+            garbage.warning(msg.subject, "malformed reply on %s: %s", msg.subject, exc)
             stream = self._streams.pop(int(token), None) if token.isdigit() else None
             if stream is not None:
                 stream.lost(f"malformed reply: {exc}")
             return
         for frame, size in zip(frames, decoder.sizes, strict=True):
             if not deliver(self._streams, frame, size):
-                log.warning("unexpected %s frame on %s; ignored", type(frame).__name__, msg.subject)
+                garbage.warning(msg.subject, "unexpected %s frame on %s; ignored", type(frame).__name__, msg.subject)
 
     @staticmethod
     def _subject(stream: RemoteStream) -> str:
@@ -322,15 +392,32 @@ class NatsTransport:
                 del self._streams[sid]
                 stream.lost(reason)
 
+    def _probe_answered(self, instance_hex: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for subject in self._probing:
+            if subject.endswith(f"-{instance_hex}"):
+                self._answered[subject] = now
+
     async def _probe(self, subject: str, instance_id: int) -> None:
+        """While streams to ``subject`` are open, ping it every ``heartbeat_interval``:
+        "no responders" means the instance is gone; no answer for ``heartbeat_timeout``
+        (a stopped or partitioned process) fails its streams too. The pings also tell
+        the instance that this caller is alive."""
         reply = f"{self._inbox}.p{instance_id:x}"
+        loop = asyncio.get_running_loop()
+        s = self.settings
         try:
-            while any(self._subject(s) == subject for s in self._streams.values()):
-                await asyncio.sleep(self._probe_interval)
-                if self.batcher is not None:
-                    self.batcher.write(subject, codec.Credit(0, 0), reply)
+            while any(self._subject(st) == subject for st in self._streams.values()):
+                await asyncio.sleep(s.heartbeat_interval)
+                silent = loop.time() - self._answered.get(subject, loop.time())
+                if silent > s.heartbeat_timeout:
+                    self._instance_gone(f"{instance_id:x}", f"no answer for {silent:.1f} s")
+                    break
+                if self.batcher is not None and self.connected:
+                    self.batcher.write(subject, codec.Ping(0), reply)
         finally:
             self._probing.discard(subject)
+            self._answered.pop(subject, None)
 
     async def close(self) -> None:
         for path in list(self._subs):

@@ -12,13 +12,16 @@ import asyncio
 from collections.abc import Callable, Coroutine, Hashable, Mapping
 from typing import Any, Protocol
 
-from ...errors import DeadlineExceeded, InstanceUnavailable, Overloaded, ServemeshError
+from ...errors import Cancelled, DeadlineExceeded, InstanceUnavailable, Overloaded, ProtocolError, ServemeshError
 from .. import codec, errortable
 from ..context import Context
 from ..serving import Call, ServedEndpoint, drive
 from ..stream import RemoteStream
 
 Write = Callable[[codec.Frame], int]
+
+#: most items a caller may ask a server to send ahead of its credit
+MAX_WINDOW = 4096
 
 
 class Pressure(Protocol):
@@ -91,24 +94,33 @@ class StreamTable:
 
     def __init__(self, endpoints: Mapping[str, ServedEndpoint],
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], pressure: Pressure,
-                 window_bytes: int) -> None:
+                 window_bytes: int, default_timeout: float) -> None:
         self.endpoints = endpoints
         self._spawn = spawn
         self._pressure = pressure
         self._window_bytes = window_bytes
+        self._default_timeout = default_timeout
         self._streams: dict[Hashable, tuple[asyncio.Task[None], FrameSink, Context]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     def request(self, key: Hashable, f: codec.Request, write: Write, only_path: str | None = None) -> None:
-        """Start serving ``f``, or answer at once with why it is refused."""
+        """Start serving ``f``, or answer at once with why it is refused. A key already in
+        use is a ``ProtocolError`` (the first stream is left alone)."""
+        if key in self._streams:
+            raise ProtocolError(f"duplicate stream id {f.sid} on one connection")
         budget = self._window_bytes if f.window_bytes <= 0 else min(f.window_bytes, self._window_bytes)
-        sink = FrameSink(write, f.sid, max(f.window, 1), budget, self._pressure)
+        sink = FrameSink(write, f.sid, min(max(f.window, 1), MAX_WINDOW), budget, self._pressure)
         ep = self.endpoints.get(f.path)
         if ep is None or (only_path is not None and f.path != only_path):
             sink.error(InstanceUnavailable(0, "this instance", f"it does not serve {f.path}"), refused=True)
             return
-        timeout = None if f.timeout_ms is None else max(f.timeout_ms, 1) / 1000
-        ctx = Context(f.request_id or None, f.metadata, timeout=timeout)
+        if f.timeout_ms is None:  # every call has a deadline; this one is enforced by the sweep
+            timeout = None
+            ctx = Context(f.request_id or None, f.metadata, timeout=self._default_timeout)
+        else:
+            timeout = max(f.timeout_ms, 1) / 1000
+            ctx = Context(f.request_id or None, f.metadata, timeout=timeout)
         try:
             call = Call(ep, f.payload, ctx)
             call.interruptible = False  # stopped by cancelling its task, which this table owns
@@ -120,17 +132,33 @@ class StreamTable:
             return
         task = self._spawn(self._run(key, call, sink, timeout))
         self._streams[key] = (task, sink, ctx)
+        if timeout is None and self._sweep is None:
+            self._sweep = self._loop.call_later(1.0, self._expire_overdue)
 
     def grant(self, key: Hashable, n: int, nbytes: int) -> None:
         entry = self._streams.get(key)
         if entry is not None:
             entry[1].grant(n, nbytes)
 
-    def cancel(self, key: Hashable) -> None:
+    def cancel(self, key: Hashable, by_caller: bool = False) -> None:
         entry = self._streams.get(key)
         if entry is not None:
             entry[2].stop_generating()  # visible to the handler before it sees the cancellation
+            if by_caller:
+                # the stream ends with a frame even so: a caller whose stream was cancelled
+                # by someone else (a forged Cancel) sees Cancelled instead of waiting forever
+                entry[1].error(Cancelled("the stream was cancelled"))
             entry[0].cancel()
+
+    def _expire_overdue(self) -> None:
+        """Cancel streams past the default deadline (one timer for all of them)."""
+        self._sweep = None
+        for key, (_, sink, ctx) in list(self._streams.items()):
+            if ctx.expired():
+                sink.expired = True
+                self.cancel(key)
+        if self._streams:
+            self._sweep = self._loop.call_later(1.0, self._expire_overdue)
 
     def cancel_all(self) -> list[asyncio.Task[None]]:
         tasks = []
@@ -140,6 +168,9 @@ class StreamTable:
         return tasks
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         tasks = self.cancel_all()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -147,13 +178,17 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def keys(self) -> list[Hashable]:
+        return list(self._streams)
+
     async def _run(self, key: Hashable, call: Call, sink: FrameSink, timeout: float | None) -> None:
         timer = self._loop.call_later(timeout, self._expire, key) if timeout is not None else None
         try:
             await drive(call, sink)
         except asyncio.CancelledError:
             if sink.expired:
-                sink.error(DeadlineExceeded(f"deadline of {timeout:.3f} s passed"))
+                limit = self._default_timeout if timeout is None else timeout
+                sink.error(DeadlineExceeded(f"deadline of {limit:.3f} s passed"))
             raise
         finally:
             if timer is not None:

@@ -8,24 +8,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...config import Settings
-from ...errors import InstanceUnavailable
+from ...errors import InstanceUnavailable, ProtocolError
 from .. import codec
 from ..context import Context
 from ..records import InstanceRecord
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import within
-from .framing import FramedProtocol
+from .framing import FramedProtocol, Liveness, PartialBudget
 from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.tcp")
 
 
+def liveness(settings: Settings) -> Liveness:
+    return Liveness(settings.heartbeat_interval, settings.heartbeat_timeout, settings.frame_timeout)
+
+
 class ServerConnection(FramedProtocol):
     def __init__(self, server: StreamServer) -> None:
-        super().__init__(server.limit)
+        super().__init__(server.limit, server.liveness, server.budget)
         self._server = server
-        self.streams = StreamTable(server.endpoints, self._loop.create_task, self, server.window_bytes)
+        self.streams = StreamTable(server.endpoints, self._loop.create_task, self, server.window_bytes,
+                                   server.request_timeout)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -39,14 +44,21 @@ class ServerConnection(FramedProtocol):
     def frame_received(self, frame: codec.Frame, size: int) -> None:
         ft = type(frame)
         if ft is codec.Request:
-            self.streams.request(frame.sid, frame, self.write_frame)  # type: ignore[arg-type]
+            try:
+                self.streams.request(frame.sid, frame, self.write_frame)  # type: ignore[arg-type]
+            except ProtocolError as exc:  # a duplicate stream id: the peer is broken
+                self.protocol_violation(str(exc))
+                return
+            self.watch_peer()
         elif ft is codec.Credit:
             self.streams.grant(frame.sid, frame.n, frame.bytes)  # type: ignore[union-attr]
         elif ft is codec.Cancel:
             self.streams.cancel(frame.sid)
-        else:
-            log.warning("unexpected %s frame from %s; closing", ft.__name__, self.peer)
-            self.abort("unexpected frame")
+        elif not self.control_frame(frame):
+            self.protocol_violation(f"unexpected {ft.__name__} frame")
+
+    def has_streams(self) -> bool:
+        return len(self.streams) > 0
 
     async def close(self) -> None:
         await self.streams.close()
@@ -58,10 +70,14 @@ class ServerConnection(FramedProtocol):
 class StreamServer:
     """The endpoints one listener serves and its open connections (TCP or memory)."""
 
-    def __init__(self, endpoints: Mapping[str, ServedEndpoint], limit: int, window_bytes: int) -> None:
+    def __init__(self, endpoints: Mapping[str, ServedEndpoint], settings: Settings) -> None:
         self.endpoints = endpoints
-        self.limit = limit
-        self.window_bytes = window_bytes
+        self.limit = settings.max_payload
+        self.window_bytes = settings.stream_window_bytes
+        self.request_timeout = settings.request_timeout
+        self.liveness = liveness(settings)
+        #: incomplete frames of all connections together: a few frames' worth
+        self.budget = PartialBudget(4 * settings.max_payload)
         self.connections: set[ServerConnection] = set()
 
     def protocol(self) -> ServerConnection:
@@ -73,7 +89,7 @@ class StreamServer:
 
 class ClientConnection(FramedProtocol):
     def __init__(self, pool: ConnectionPool, address: str) -> None:
-        super().__init__(pool.limit)
+        super().__init__(pool.limit, pool.liveness)
         self._pool = pool
         self.address = address
         self._streams: dict[int, RemoteStream] = {}
@@ -82,7 +98,8 @@ class ClientConnection(FramedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._pool.forget(self)
-        reason = f"connection to {self.address} lost" + (f": {exc}" if exc else "")
+        why = self.abort_reason or (str(exc) if exc else "")
+        reason = f"connection to {self.address} lost" + (f": {why}" if why else "")
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.lost(reason)
@@ -95,12 +112,16 @@ class ClientConnection(FramedProtocol):
         self.write_frame(request_frame(sid, path, payload, ctx, pool.window, pool.window_bytes))
         stream = RemoteStream(self, sid, pool.window, path, instance_id, self.address, pool.window_bytes)
         self._streams[sid] = stream
+        if self._beat_timer is None:
+            self.watch_peer()
         return stream
 
     def frame_received(self, frame: codec.Frame, size: int) -> None:
-        if not deliver(self._streams, frame, size):
-            log.warning("unexpected %s frame from %s; closing", type(frame).__name__, self.address)
-            self.abort("unexpected frame")
+        if not deliver(self._streams, frame, size) and not self.control_frame(frame):
+            self.protocol_violation(f"unexpected {type(frame).__name__} frame")
+
+    def has_streams(self) -> bool:
+        return bool(self._streams)
 
     def send_cancel(self, sid: int) -> None:
         if self._streams.pop(sid, None) is not None and not self.closed:
@@ -121,12 +142,13 @@ Dial = Callable[[str, Callable[[], ClientConnection]], Any]
 class ConnectionPool:
     """One multiplexed connection per remote address, opened on first use."""
 
-    def __init__(self, dial: Dial, *, limit: int, connect_timeout: float, window: int, window_bytes: int) -> None:
-        self.limit = limit
-        self.window = window
-        self.window_bytes = window_bytes
+    def __init__(self, dial: Dial, settings: Settings) -> None:
+        self.limit = settings.max_payload
+        self.window = settings.stream_window
+        self.window_bytes = settings.stream_window_bytes
+        self.liveness = liveness(settings)
         self._dial = dial
-        self._timeout = connect_timeout
+        self._timeout = settings.connect_timeout
         self._conns: dict[str, ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
 
@@ -182,12 +204,11 @@ class TcpTransport:
 
     def __init__(self, settings: Settings, endpoints: Mapping[str, ServedEndpoint], instance_id: int) -> None:
         self.settings = settings
-        self._server = StreamServer(endpoints, settings.max_payload, settings.stream_window_bytes)
+        self._server = StreamServer(endpoints, settings)
         self._listener: asyncio.AbstractServer | None = None
         self._lock = asyncio.Lock()
         self.address = ""
-        self.pool = ConnectionPool(_dial_tcp, limit=settings.max_payload, connect_timeout=settings.connect_timeout,
-                                   window=settings.stream_window, window_bytes=settings.stream_window_bytes)
+        self.pool = ConnectionPool(_dial_tcp, settings)
 
     # -- connector ----------------------------------------------------------------------
     def accepts(self, record: InstanceRecord) -> bool:
