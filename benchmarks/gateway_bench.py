@@ -53,6 +53,7 @@ async def one_stream(http: httpx.AsyncClient, url: str) -> tuple[int, float]:
     first = 0.0
     tokens = 0
     async with http.stream("POST", f"{url}/v1/chat/completions", json=BODY) as resp:
+        resp.raise_for_status()
         async for line in resp.aiter_lines():
             if line.startswith("data: {") and '"content"' in line:
                 tokens += 1
@@ -61,9 +62,10 @@ async def one_stream(http: httpx.AsyncClient, url: str) -> tuple[int, float]:
     return tokens, first
 
 
-async def load(url: str, concurrency: int, duration: float) -> tuple[float, float]:
+async def load(url: str, concurrency: int, duration: float,
+               headers: dict[str, str] | None = None) -> tuple[float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         await one_stream(http, url)  # warm-up
         total = 0
         firsts: list[float] = []
