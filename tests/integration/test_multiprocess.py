@@ -224,7 +224,7 @@ async def test_registration_has_the_documented_key_and_value(spawn, etcd, plane,
             host, port = record["transport"]["tcp"].rsplit(":", 1)
             assert host == "127.0.0.1" and int(port) > 0
         else:
-            assert record["transport"] == {"nats_tcp": f"{namespace}_worker.stream-{iid:x}"}
+            assert record["transport"] == {"nats_tcp": f"sm.{namespace}.worker.stream-{iid:x}"}
         typed = etcd.etcdctl("get", "--print-value-only", f"instances/{namespace}/worker/typed:{iid:x}")
         schema = json.loads(typed)["schema"]["request"]
         assert schema["required"] == ["prompt", "max_tokens"]

@@ -5,9 +5,10 @@ are batched into one NATS message per loop turn, through an outbound queue
 bounded in bytes (stream senders wait while it is full). A request to an
 instance with no subscriber gets NATS's "no responders" status, so a dead
 worker is noticed at once; while streams are open to an instance the client
-probes it every ``probe_interval`` seconds the same way, so a worker killed
+pings it every ``heartbeat_interval``, so a worker killed, stopped or cut off
 mid-stream fails its streams with ``StreamIncomplete`` instead of leaving them
-hanging.
+hanging, and the worker reaps streams whose caller went silent. The connection
+itself is opened by ``nats_connect``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import collections
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ...config import Settings
@@ -29,6 +30,7 @@ from ..records import InstanceRecord
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
 from ..tasks import TaskSet, within
+from .nats_connect import connect
 from .streams import StreamTable, deliver, request_frame
 
 log = logging.getLogger("servemesh.transport.nats")
@@ -41,33 +43,9 @@ OUTBOUND_LIMIT = 8 << 20
 
 
 def instance_subject(namespace: str, component: str, endpoint: str, instance_id: int) -> str:
-    return f"{namespace}_{component}.{endpoint}-{instance_id:x}"
-
-
-async def connect(url: str, name: str, timeout: float, *, on_lost: Callable[[], None] | None = None,
-                  on_back: Callable[[], None] | None = None) -> Any:
-    import nats
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats connection %s: %r", name, exc)
-
-    async def on_disconnect() -> None:
-        log.warning("nats connection %s lost; reconnecting", name)
-        if on_lost is not None:
-            on_lost()
-
-    async def on_reconnect() -> None:
-        log.info("nats connection %s re-established", name)
-        if on_back is not None:
-            on_back()
-
-    try:
-        return await nats.connect(url, name=name, connect_timeout=timeout, error_cb=on_error,
-                                  disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-                                  max_reconnect_attempts=-1, allow_reconnect=True)
-    except Exception as exc:
-        raise ConfigError(f"cannot connect to NATS at {url}: {exc}; start it with `servemesh up` "
-                          "or point SERVEMESH_NATS at a running nats-server") from exc
+    """``sm.{namespace}.{component}.{endpoint}-{id}``: one NATS permission,
+    ``sm.{namespace}.>``, covers a whole namespace (docs/security.md)."""
+    return f"sm.{namespace}.{component}.{endpoint}-{instance_id:x}"
 
 
 class _Batcher:
@@ -203,7 +181,8 @@ class NatsTransport:
                 if not self.settings.nats:
                     raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
                 nc = await connect(self.settings.nats, f"servemesh-{self.instance_id:x}",
-                                   self.settings.connect_timeout, on_lost=self._lost, on_back=self._back)
+                                   self.settings.connect_timeout, on_lost=self._lost, on_back=self._back,
+                                   settings=self.settings)
                 self.connected = True
                 self.limit = min(self.settings.max_payload, nc.max_payload)
                 self.batcher = _Batcher(nc, self.limit, self.tasks)

@@ -1,15 +1,22 @@
-"""TCP request plane: one listening port per process, multiplexed streams per connection."""
+"""TCP request plane: one listening port per process, multiplexed streams per connection.
+
+TLS (docs/security.md): with ``tls_cert`` / ``tls_key`` the listener serves TLS and
+the discovery record says so (``{"tcp": "host:port", "tls": "1"}``, or ``"mutual"``
+when client certificates are required); callers verify such an instance with
+``tls_ca`` against its advertised host, and present ``tls_cert`` / ``tls_key``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...config import Settings
 from ...errors import InstanceUnavailable, ProtocolError
-from .. import codec
+from .. import codec, tls
 from ..context import Context
 from ..records import InstanceRecord
 from ..serving import ServedEndpoint
@@ -192,9 +199,24 @@ class ConnectionPool:
                 conn.transport.close()
 
 
-def _dial_tcp(address: str, factory: Callable[[], ClientConnection]) -> Any:
-    host, _, port = address.rpartition(":")
-    return asyncio.get_running_loop().create_connection(factory, host, int(port))
+#: the pool address of an instance that serves TLS: its advertised address behind this
+TLS_PREFIX = "tls://"
+
+
+def _dial_tcp(address: str, factory: Callable[[], ClientConnection],
+              context: Callable[[], ssl.SSLContext] | None = None, handshake_timeout: float | None = None) -> Any:
+    """Connect to ``host:port``, or over TLS to ``tls://host:port`` with ``context()``
+    (checking the certificate's names against ``host``)."""
+    loop = asyncio.get_running_loop()
+    if not address.startswith(TLS_PREFIX):
+        host, _, port = address.rpartition(":")
+        return loop.create_connection(factory, host, int(port))
+    host, _, port = address.removeprefix(TLS_PREFIX).rpartition(":")
+    if context is None:
+        raise ValueError("no TLS context to call a TLS instance with")
+    host = host.strip("[]")
+    return loop.create_connection(factory, host, int(port), ssl=context(), server_hostname=host,
+                                  ssl_handshake_timeout=handshake_timeout)
 
 
 class TcpTransport:
@@ -208,21 +230,55 @@ class TcpTransport:
         self._listener: asyncio.AbstractServer | None = None
         self._lock = asyncio.Lock()
         self.address = ""
-        self.pool = ConnectionPool(_dial_tcp, settings)
+        self._advertised: dict[str, str] = {}
+        self._client_tls: ssl.SSLContext | None = None
+        self.pool = ConnectionPool(self._dial, settings)
 
     # -- connector ----------------------------------------------------------------------
     def accepts(self, record: InstanceRecord) -> bool:
         return self.key in record.transport
 
     def open_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream | None:
-        conn = self.pool.get_nowait(record.transport[self.key])
+        address = record.transport[self.key]
+        conn = self.pool.get_nowait(address if "tls" not in record.transport else TLS_PREFIX + address)
         if conn is None:
             return None
         return conn.open_stream(record.path, request, ctx, record.instance_id)
 
     async def open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:
-        conn = await self.pool.get(record.transport[self.key], record.instance_id)
+        address = record.transport[self.key]
+        if "tls" in record.transport:
+            self._check_tls(record)
+            address = TLS_PREFIX + address
+        conn = await self.pool.get(address, record.instance_id)
         return conn.open_stream(record.path, request, ctx, record.instance_id)
+
+    # -- TLS ----------------------------------------------------------------------------
+    def _check_tls(self, record: InstanceRecord) -> None:
+        """Refuse (the caller fails over) a TLS instance this process cannot call."""
+        if not self.settings.tls_ca:
+            raise InstanceUnavailable(record.instance_id, record.address,
+                                      "it serves over TLS and this process has no CA to verify it: "
+                                      "set SERVEMESH_TLS_CA")
+        if record.transport["tls"] == "mutual" and not self.settings.tls_cert:
+            raise InstanceUnavailable(record.instance_id, record.address,
+                                      "it requires a client certificate (mutual TLS): set SERVEMESH_TLS_CERT "
+                                      "and SERVEMESH_TLS_KEY")
+
+    def _client_context(self) -> ssl.SSLContext:
+        if self._client_tls is None:
+            self._client_tls = tls.plane_client_context(self.settings)  # ConfigError if its files are bad
+        if self._client_tls is None:
+            raise ValueError("no SERVEMESH_TLS_CA to verify a TLS instance with")
+        return self._client_tls
+
+    async def _dial(self, address: str, factory: Callable[[], ClientConnection]) -> Any:
+        try:
+            return await _dial_tcp(address, factory, self._client_context, self.settings.connect_timeout)
+        except ssl.SSLCertVerificationError as exc:  # the pool makes it InstanceUnavailable
+            host = address.removeprefix(TLS_PREFIX).rpartition(":")[0]
+            raise OSError(f"its TLS certificate is not trusted ({exc.verify_message}): SERVEMESH_TLS_CA must "
+                          f"hold the CA that signed it, and its names (SAN) must include {host}") from exc
 
     # -- listener -----------------------------------------------------------------------
     async def add(self, served: ServedEndpoint, record: InstanceRecord) -> dict[str, str]:
@@ -230,11 +286,20 @@ class TcpTransport:
             if self._listener is None:
                 s = self.settings
                 loop = asyncio.get_running_loop()
-                self._listener = await loop.create_server(self._server.protocol, s.host, s.port, reuse_address=True)
+                server_tls = tls.plane_server_context(s)  # None: plain TCP; ConfigError if its files are bad
+                # a peer that never completes the handshake (plain TCP, or silent) is dropped
+                # after connect_timeout; it never reaches the stream table
+                self._listener = await loop.create_server(
+                    self._server.protocol, s.host, s.port, reuse_address=True, ssl=server_tls,
+                    ssl_handshake_timeout=s.connect_timeout if server_tls is not None else None)
                 port = self._listener.sockets[0].getsockname()[1]
                 self.address = f"{s.public_host}:{port}"
-                log.debug("tcp request plane listening on %s:%d", s.host, port)
-        return {self.key: self.address}
+                self._advertised = {self.key: self.address}
+                if server_tls is not None:
+                    self._advertised["tls"] = "mutual" if s.tls_mutual else "1"
+                log.debug("tcp request plane listening on %s:%d%s", s.host, port,
+                          " (TLS)" if server_tls is not None else "")
+        return dict(self._advertised)
 
     async def remove(self, path: str) -> None:
         return None  # the endpoint table is shared: a removed path is refused by the stream table
