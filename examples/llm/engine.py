@@ -19,7 +19,9 @@ if __name__ == "__main__":
     parser.add_argument("--model-path")
     parser.add_argument("--tokens-per-s", type=float, help="mock engine speed (0: as fast as it can)")
     parser.add_argument("--latency-s", type=float, help="mock engine delay before the first token")
+    parser.add_argument("--context-length", type=int, help="the model's context (llama.cpp n_ctx; mock: 131072)")
     args = parser.parse_args()
     servemesh.configure_logging()
     extra = {"tokens_per_s": args.tokens_per_s, "latency_s": args.latency_s} if args.engine == "mock" else {}
+    extra["context_length"] = args.context_length
     servemesh.run(engine_class(args.engine), **engine_kwargs(args.engine, args.model, args.model_path, **extra))

@@ -1,6 +1,7 @@
 """Terminal 3: the OpenAI-compatible HTTP frontend.
 
     python3 examples/llm/frontend.py --port 8080
+    python3 examples/llm/frontend.py --api-key sk-mine     # or SERVEMESH_API_KEY=k1,k2
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from servemesh import DistributedRuntime, worker
 from servemesh.apps.llm import start_frontend
 
 
-@worker
 async def main(runtime: DistributedRuntime, host: str, port: int) -> None:
     server = await start_frontend(runtime, host, port)
     try:
@@ -25,6 +25,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--api-key", help="require `Authorization: Bearer <key>` (several: comma-separated; "
+                        "default: SERVEMESH_API_KEY)")
     args = parser.parse_args()
     servemesh.configure_logging()
-    servemesh.run(main(args.host, args.port))
+    servemesh.run(worker(api_key=args.api_key)(main)(args.host, args.port))

@@ -42,9 +42,14 @@ def engine_class(kind: str) -> type:
 
 
 def engine_kwargs(kind: str, model: str, model_path: str | None, **extra: Any) -> dict[str, Any]:
+    """Constructor arguments of an engine; ``context_length`` is llama.cpp's ``n_ctx``."""
+    given = {k: v for k, v in extra.items() if v is not None}
     if kind == "mock":
-        return {"model": model, **{k: v for k, v in extra.items() if v is not None}}
-    return {"model": model, "model_path": model_path}
+        return {"model": model, **given}
+    kwargs: dict[str, Any] = {"model": model, "model_path": model_path}
+    if "context_length" in given:
+        kwargs["n_ctx"] = given["context_length"]
+    return kwargs
 
 
 def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer:
@@ -54,11 +59,13 @@ def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer
 
 
 async def start_frontend(runtime: DistributedRuntime, host: str, port: int, **options: Any) -> HttpServer:
-    """The OpenAI frontend on ``host:port`` (``options`` go to ``OpenAIFrontend``)."""
+    """The OpenAI frontend on ``host:port`` (``options`` go to ``OpenAIFrontend``), with the
+    runtime's HTTP limits and API keys."""
     frontend = await OpenAIFrontend(runtime, **options).start()
-    server = HttpServer(frontend.app, host, port)
+    server = frontend.kit.http_server(host, port)
     server.start()
-    log.info("OpenAI-compatible frontend on %s (docs: %s/docs)", server.url, server.url)
+    log.info("OpenAI-compatible frontend on %s (docs: %s/docs)%s", server.url, server.url,
+             " with API keys" if frontend.kit.keys.enabled else "")
     return server
 
 

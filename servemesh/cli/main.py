@@ -100,7 +100,7 @@ async def _list(settings: Settings, namespace: str) -> list[Any]:
     from ..runtime.records import instance_prefix
 
     assert settings.etcd is not None
-    discovery = EtcdDiscovery(settings.etcd, lease_ttl=settings.lease_ttl, timeout=settings.connect_timeout)
+    discovery = EtcdDiscovery.from_settings(settings)
     await discovery.start()
     try:
         return await discovery.list(instance_prefix(namespace) if namespace else "instances/")
@@ -177,16 +177,27 @@ async def _call(settings: Settings, path: str, request: Any, timeout: float, wai
 
 @app.command()
 def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, module or module:Class")],
-        log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None) -> None:
+        log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
+        system_port: Annotated[int | None, typer.Option(
+            help="serve /health /live /ready /metrics on this port (0: a free one; default: SERVEMESH_SYSTEM_PORT)")]
+        = None,
+        api_key: Annotated[str | None, typer.Option(
+            help="require `Authorization: Bearer <key>` on the system port, probes excepted "
+                 "(several: comma-separated; default: SERVEMESH_API_KEY)")] = None) -> None:
     """Serve every @service class of a file or module in this process until Ctrl-C / SIGTERM."""
     from ..log import configure_logging
-    from ..sdk import run as run_services
+    from ..runtime import DistributedRuntime, worker
+    from ..runtime import run as run_coroutine
+    from ..sdk import serve
     from ..sdk.loader import load_services
+
+    async def serve_all(runtime: DistributedRuntime) -> None:
+        await serve(*classes, runtime=runtime)
 
     try:
         configure_logging(log_level)
         classes = load_services(target)
-        run_services(*classes)
+        run_coroutine(worker(system_port=system_port, api_key=api_key)(serve_all)())
     except ServemeshError as exc:
         _fail(str(exc))
 

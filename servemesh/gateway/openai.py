@@ -4,8 +4,15 @@ Requests go to a processor serving the model (``inference.processor.process``),
 which calls the engines. The models listed are those of the live processors'
 registrations (a processor registers only once it sees an engine), so a listed
 model is one whose requests will be served. A client that disconnects cancels the
-work all the way down: the response body runs next to a disconnect listener, and
-the processor and engine calls share its context.
+work all the way down, streamed or not: the work runs next to a disconnect
+listener, and the processor and engine calls share its context.
+
+Work per request is bounded: the request models bound every field
+(``openai_models``), ``max_tokens`` is checked against the model's context length
+(the processors' ``context_length`` capability; the processor checks the prompt
+too), and the loops that relay tokens yield to the event loop every
+:data:`YIELD_EVERY` items, so one huge answer in an embedded pipeline (where the
+engine runs in the frontend's own task) never starves other requests or signals.
 
 Health, metrics, admission control, request ids and the mapping of errors to
 HTTP come from the gateway kit; this module has the routes and the error shape.
@@ -13,6 +20,7 @@ HTTP come from the gateway kit; this module has the routes and the error shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -24,12 +32,17 @@ from prometheus_client import Histogram
 from starlette.responses import JSONResponse, Response
 
 from ..errors import NoInstancesError, ServemeshError
-from ..llm.protocol import ProcessorOutput, ProcessorRequest, SamplingParams
+from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams
 from ..runtime import Client, Context, DistributedRuntime, ResponseStream
 from .kit import DONE, ApiError, GatewayKit, event, event_stream
-from .openai_models import ChatCompletionRequest, CompletionRequest
+from .openai_models import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
 log = logging.getLogger("servemesh.gateway.openai")
+
+#: relayed items between two yields to the event loop
+YIELD_EVERY = 64
+#: max_tokens when the request gives none (capped by the context length)
+DEFAULT_MAX_TOKENS = 256
 
 
 def openai_error(status: int, message: str, type: str, code: str | None, param: str | None) -> dict[str, Any]:
@@ -41,12 +54,14 @@ class OpenAIFrontend:
     """``await OpenAIFrontend(runtime).start()`` then serve ``.app`` (see ``servemesh.http``)."""
 
     def __init__(self, runtime: DistributedRuntime, *, namespace: str = "inference", max_inflight: int = 256,
-                 request_timeout: float = 600.0) -> None:
+                 request_timeout: float | None = None) -> None:
         self.runtime = runtime
         self.path = f"{namespace}.processor.process"
-        self.request_timeout = request_timeout
-        self.kit = GatewayKit(runtime, "openai", shape=openai_error, max_inflight=max_inflight,
-                              ready=lambda: bool(self.models()), info=lambda: {"models": self.models()})
+        #: seconds a request may take, streams included (default: SERVEMESH_REQUEST_TIMEOUT)
+        self.request_timeout = request_timeout or runtime.settings.request_timeout
+        self.kit = GatewayKit(runtime, "openai", shape=openai_error, error_model=ErrorResponse,
+                              max_inflight=max_inflight, ready=lambda: bool(self.models()),
+                              info=lambda: {"models": self.models()})
         self._ttft = Histogram("servemesh_http_time_to_first_token_seconds", "Time to the first token",
                                ["model"], registry=self.kit.registry)
         self._processors: Client | None = None
@@ -76,6 +91,15 @@ class OpenAIFrontend:
         models = {str(i.capabilities["model"]) for i in self._processors.instances() if "model" in i.capabilities}
         self._seen |= models
         return sorted(models)
+
+    def context_length(self, model: str) -> int | None:
+        """The smallest context length the live processors of ``model`` declare, if any does."""
+        if self._processors is None:
+            return None
+        lengths = [i.capabilities.get("context_length") for i in self._processors.instances()
+                   if i.capabilities.get("model") == model]
+        known = [n for n in lengths if isinstance(n, int) and n > 0]
+        return min(known) if known else None
 
     async def _open(self, model: str, request: ProcessorRequest,
                     ctx: Context) -> tuple[ResponseStream, ProcessorOutput]:
@@ -117,8 +141,10 @@ class OpenAIFrontend:
 
         @app.post("/v1/chat/completions", response_model=None)
         async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-            sampling = _sampling(body, body.max_completion_tokens or body.max_tokens)
-            preq = ProcessorRequest(model=body.model, messages=body.messages, sampling=sampling, stop=body.stops())
+            param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+            sampling = self._sampling(body, body.max_completion_tokens or body.max_tokens, param)
+            messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
+            preq = ProcessorRequest(model=body.model, messages=messages, sampling=sampling, stop=body.stops())
             return await self._complete("chat", body, preq, request)
 
         @app.post("/v1/completions", response_model=None)
@@ -128,21 +154,49 @@ class OpenAIFrontend:
                 raise ApiError(400, "only one prompt per request is supported", code="unsupported_value",
                                param="prompt")
             preq = ProcessorRequest(model=body.model, prompt=prompts[0], stop=body.stops(),
-                                    sampling=_sampling(body, body.max_tokens))
+                                    sampling=self._sampling(body, body.max_tokens, "max_tokens"))
             return await self._complete("completion", body, preq, request)
 
         @app.get("/v1/models")
         async def list_models() -> dict[str, Any]:
             now = int(time.time())
-            return {"object": "list", "data": [{"id": m, "object": "model", "created": now, "owned_by": "servemesh"}
-                                               for m in self.models()]}
+            data = []
+            for m in self.models():
+                entry: dict[str, Any] = {"id": m, "object": "model", "created": now, "owned_by": "servemesh"}
+                if (length := self.context_length(m)) is not None:
+                    entry["max_model_len"] = length  # as vLLM reports it
+                data.append(entry)
+            return {"object": "list", "data": data}
 
         return app
+
+    def _sampling(self, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
+                  param: str) -> SamplingParams:
+        """Sampling parameters, ``max_tokens`` checked against the model's context length."""
+        limit = self.context_length(body.model)
+        if max_tokens is None:
+            max_tokens = min(DEFAULT_MAX_TOKENS, limit or DEFAULT_MAX_TOKENS)
+        elif limit is not None and max_tokens > limit:
+            raise ApiError(400, f"{param} is {max_tokens}, but model {body.model!r} has a context length of "
+                           f"{limit} tokens (prompt included)", code="context_length_exceeded", param=param)
+        values: dict[str, Any] = {"max_tokens": max_tokens}
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(body, name)
+            if value is not None:
+                values[name] = value
+        return SamplingParams(**values)
 
     async def _complete(self, kind: str, body: ChatCompletionRequest | CompletionRequest, preq: ProcessorRequest,
                         request: Request) -> Response:
         if body.n != 1:
             raise ApiError(400, "only n=1 is supported", code="unsupported_value", param="n")
+        subject = f"model {body.model!r}"
+        self.kit.about(request, subject)
+        # the first item (and a whole unstreamed answer) is awaited next to a disconnect listener
+        return await self.kit.unless_disconnected(request, self._answer(kind, body, preq, request, subject))
+
+    async def _answer(self, kind: str, body: ChatCompletionRequest | CompletionRequest, preq: ProcessorRequest,
+                      request: Request, subject: str) -> Response:
         started = time.perf_counter()
         response, first = await self._open(body.model, preq, self.kit.context(request, timeout=self.request_timeout))
         self._ttft.labels(body.model).observe(time.perf_counter() - started)
@@ -150,10 +204,10 @@ class OpenAIFrontend:
         if not body.stream:
             return JSONResponse(await _collect(kind, ident, body.model, first, response))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return event_stream(self._sse(kind, ident, body.model, first, response, include_usage))
+        return event_stream(self._sse(kind, ident, body.model, first, response, include_usage, subject))
 
     async def _sse(self, kind: str, ident: str, model: str, first: ProcessorOutput, response: ResponseStream,
-                   include_usage: bool) -> AsyncIterator[bytes]:
+                   include_usage: bool, subject: str) -> AsyncIterator[bytes]:
         created = int(time.time())
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
@@ -172,10 +226,14 @@ class OpenAIFrontend:
         try:
             out = first
             yield chunk(out.text, None, role=True)
+            relayed = 0
             while out.finish_reason is None:
                 out = ProcessorOutput.model_validate(await response.__anext__())
                 if out.finish_reason is None or out.text:
                     yield chunk(out.text, None)
+                relayed += 1
+                if relayed % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a fast engine in this task must not starve the loop
             yield chunk(None if kind == "chat" else "", out.finish_reason)
             if include_usage:
                 yield event({"id": ident, "object": obj, "created": created, "model": model, "choices": [],
@@ -185,19 +243,9 @@ class OpenAIFrontend:
             yield self.kit.sse_error(ApiError(502, "the stream ended without a finish reason",
                                               type="upstream_error", code="stream_incomplete"))
         except ServemeshError as exc:
-            log.warning("stream %s failed: %s", ident, exc)
-            yield self.kit.sse_error(exc)
+            yield self.kit.sse_error(exc, subject)
         finally:
             await response.aclose()  # on disconnect too: cancels the processor and the engine
-
-
-def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
-    values: dict[str, Any] = {"max_tokens": max_tokens or 256}
-    for name in ("temperature", "top_p", "seed"):
-        value = getattr(body, name)
-        if value is not None:
-            values[name] = value
-    return SamplingParams(**values)
 
 
 async def _first(response: ResponseStream) -> ProcessorOutput:
@@ -221,6 +269,10 @@ async def _collect(kind: str, ident: str, model: str, first: ProcessorOutput,
                 parts.append(last.text)
                 if last.finish_reason is not None:
                     break
+                if len(parts) % YIELD_EVERY == 0:
+                    # a fast engine in this task must not starve the loop (other requests,
+                    # the disconnect listener, signals)
+                    await asyncio.sleep(0)
     finally:
         await response.aclose()
     text = "".join(parts)

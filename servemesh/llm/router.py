@@ -15,8 +15,14 @@ log = logging.getLogger("servemesh.llm.router")
 ROUTER_PATH = "inference.router.generate"
 
 
-@service(name="router", namespace="inference",
-         capabilities=lambda self: {"model": self.model, "router": self.policy})
+def _capabilities(self: Router) -> dict[str, object]:
+    caps: dict[str, object] = {"model": self.model, "router": self.policy}
+    if self.context_length is not None:  # the processor reads it from here, as from an engine
+        caps["context_length"] = self.context_length
+    return caps
+
+
+@service(name="router", namespace="inference", capabilities=_capabilities)
 class Router:
     """``inference.router.generate`` load-balances engine requests over every engine of
     the model (``least_loaded``, ``round_robin`` or ``random``), failing over when one
@@ -27,6 +33,7 @@ class Router:
         self.model = model
         self.policy = policy
         self.engines: Client | None = None
+        self.context_length: int | None = None
 
     @async_init
     async def connect(self) -> None:
@@ -35,6 +42,9 @@ class Router:
         if not self.engines.instance_ids():
             log.info("waiting for an engine of %s before serving", self.model)
         await self.engines.wait_for_instances()  # registered only once it can route somewhere
+        known = [n for i in self.engines.instances()
+                 if isinstance(n := i.capabilities.get("context_length"), int) and n > 0]
+        self.context_length = min(known) if known else None
 
     @endpoint()
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[object]:

@@ -124,9 +124,11 @@ class DistributedRuntime:
             self._plane = RequestPlane(self.settings, self._served, self.instance_id, self.tasks, self.embedded)
             if self.settings.system_port is not None:
                 from ..http import HttpServer
+                from ..http.limits import HttpLimits
                 from .system import system_app
 
-                self._system = HttpServer(system_app(self), self.settings.host, self.settings.system_port)
+                self._system = HttpServer(system_app(self), self.settings.host, self.settings.system_port,
+                                          limits=HttpLimits.from_settings(self.settings))
                 self._system.start()
                 log.info("system port: %s (/health /live /ready /metrics)", self._system.url)
             self.state = RuntimeState.RUNNING

@@ -1,13 +1,23 @@
-"""The system port of a worker: ``/health``, ``/live``, ``/ready`` and Prometheus ``/metrics``."""
+"""The system port of a worker: ``/health``, ``/live``, ``/ready`` and Prometheus ``/metrics``.
+
+It follows the rule of every HTTP surface: with API keys configured
+(``SERVEMESH_API_KEY`` / ``SERVEMESH_API_KEY_FILE``) everything but the probes needs
+``Authorization: Bearer <key>``, ``/metrics`` included unless
+``SERVEMESH_METRICS_PUBLIC``; and request bodies are bounded like a gateway's.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from ..http import ApiKeys, AuthMiddleware, BodyLimitMiddleware, HttpLimits
+from ..http.auth import open_paths
 
 if TYPE_CHECKING:
     from .distributed import DistributedRuntime
@@ -16,6 +26,8 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def system_app(runtime: DistributedRuntime) -> Starlette:
+    settings = runtime.settings
+
     def state() -> dict[str, object]:
         return {
             "status": "stopping" if runtime.is_stopping else "ok",
@@ -41,4 +53,8 @@ def system_app(runtime: DistributedRuntime) -> Starlette:
 
     return Starlette(routes=[
         Route("/health", health), Route("/live", live), Route("/ready", ready), Route("/metrics", metrics),
+    ], middleware=[
+        Middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings),  # type: ignore[arg-type]
+                   open_paths=open_paths(settings.metrics_public)),
+        Middleware(BodyLimitMiddleware, limits=HttpLimits.from_settings(settings)),  # type: ignore[arg-type]
     ])

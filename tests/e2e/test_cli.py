@@ -51,7 +51,8 @@ def test_up_ls_call_metrics_down(stack, spawn, tmp_path):
     listing = sm("ls", "cli", env=env).stdout
     assert "NAMESPACE" in listing and "stream" in listing and "typed" in listing
     rows = [json.loads(line) for line in sm("ls", "cli", "--json", env=env).stdout.splitlines()]
-    assert {r["endpoint"] for r in rows} == {"stream", "fail", "typed", "stats", "big", "blobs", "rss", "surrogate", "sleepy"}
+    assert {r["endpoint"] for r in rows} == {"stream", "fail", "typed", "stats", "big", "blobs", "rss",
+                                              "surrogate", "sleepy"}
     assert all(r["transport"]["tcp"].startswith("127.0.0.1:") for r in rows)
 
     items = [json.loads(line) for line in sm("call", "cli.worker.stream", '{"n": 4}', env=env).stdout.splitlines()]
@@ -84,3 +85,18 @@ def test_up_ls_call_metrics_down(stack, spawn, tmp_path):
             os.kill(pid, 0)
     assert "embedded" in sm("status", env=env).stdout
     sm("up", "--etcd-port", str(free_port()), "--nats-port", str(free_port()), env=env)  # for the fixture's down
+
+
+def test_run_serves_its_system_port_behind_an_api_key(spawn, tmp_path):
+    port = free_port()
+    example = ROOT / "examples" / "sdk" / "persona1_default.py"
+    worker = spawn(Path(sys.executable).parent / "servemesh", "run", str(example),
+                   "--system-port", str(port), "--api-key", "sk-cli",
+                   env={"SERVEMESH_STATE_DIR": str(tmp_path / "state")}, name="run")
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/ready", 30, worker)  # probes stay open
+    refused = httpx.get(f"{url}/metrics")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer sk-cli"}).status_code == 200
+    worker.terminate()
+    assert worker.wait(15) == 0

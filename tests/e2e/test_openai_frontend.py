@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -34,7 +36,8 @@ def mock_pipeline(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("pipeline") / "pipeline.log", "wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1", SERVEMESH_INSTANCE_WAIT="1")
-    proc = subprocess.Popen([sys.executable, str(LLM / "pipeline.py"), "--engine", "mock", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, str(LLM / "pipeline.py"), "--engine", "mock", "--port", str(port),
+                             "--context-length", "4096"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -266,3 +269,169 @@ async def test_kill_9_engine_behind_router_mid_traffic(spawn, etcd):
         served = {s["served"] for s in await _engine_stats(rt)}
         assert len(await _engine_stats(rt)) == 2 and min(served) >= 1  # the restarted engine is used again
         assert restarted.poll() is None
+
+
+def post_raw(url: str, body: dict, **kwargs) -> httpx.Response:
+    """POST ``body`` as ASCII JSON (escapes kept: a lone surrogate arrives as ``\\ud800``)."""
+    return httpx.post(f"{url}/v1/chat/completions", content=json.dumps(body).encode(),
+                      headers={"Content-Type": "application/json"}, timeout=30, **kwargs)
+
+
+ONE = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"max_tokens": 10**7}, "max_tokens"),                 # above the model's context length
+    ({"max_completion_tokens": 10**7}, "max_completion_tokens"),
+    ({"max_tokens": 2**31}, "max_tokens"),                 # outside int32
+    ({"seed": 2**64}, "seed"),                             # outside int64
+    ({"stream": "yes"}, "stream"),                         # strict types: no coercion
+    ({"max_tokens": "5"}, "max_tokens"),
+    ({"max_tokens": 5.0}, "max_tokens"),
+    ({"temperature": "0.5"}, "temperature"),
+    ({"n": 2}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),         # OpenAI allows 4
+    ({"stop": 5}, "stop"),
+    ({"messages": ONE * 3000}, "messages"),
+    ({"messages": [{"role": "user", "content": "a" * (3 * 1024 * 1024)}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),  # lone surrogate
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "messages.0.content"),
+    ({"stop": "\ud800"}, "stop"),
+    ({"model": "\ud800"}, "model"),
+])
+def test_requests_beyond_the_bounds_are_400s_naming_the_field(mock_pipeline, extra, param):
+    response = post_raw(mock_pipeline, {"model": "mock", "messages": ONE, **extra})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_a_17_mb_prompt_is_413_and_the_server_carries_on(mock_pipeline):
+    response = post_raw(mock_pipeline, {"model": "mock", "messages": [{"role": "user", "content": "a" * 17_000_000}]})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert client(mock_pipeline).completions.create(model="mock", prompt="x", max_tokens=2).choices[0].text == "He"
+
+
+def test_the_prompt_and_max_tokens_must_fit_the_context(mock_pipeline):
+    # the mock engine's context (--context-length 4096) is known to the processor and the frontend
+    over = post_raw(mock_pipeline, {"model": "mock", "messages": [{"role": "user", "content": "a" * 4000}],
+                                    "max_tokens": 200})
+    assert over.status_code == 400 and over.json()["error"]["param"] == "messages", over.text
+    assert "4096" in over.json()["error"]["message"]
+    fits = post_raw(mock_pipeline, {"model": "mock", "messages": [{"role": "user", "content": "a" * 3000}],
+                                    "max_tokens": 5})
+    assert fits.status_code == 200
+
+
+def test_every_failure_has_the_openai_error_shape(mock_pipeline):
+    def shaped(response: httpx.Response, status: int) -> None:
+        assert response.status_code == status, response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+    shaped(httpx.get(f"{mock_pipeline}/v1/nope"), 404)
+    shaped(httpx.get(f"{mock_pipeline}/v1/chat/completions"), 405)
+    shaped(httpx.post(f"{mock_pipeline}/v1/chat/completions", content=b"{", headers={
+        "Content-Type": "application/json"}), 400)
+    shaped(httpx.post(f"{mock_pipeline}/v1/chat/completions", content=b"\xff\xfe", headers={
+        "Content-Type": "application/json"}), 400)
+    shaped(post_raw(mock_pipeline, {"model": "mock", "messages": []}), 400)
+
+
+def test_the_openapi_document_states_the_real_status_codes(mock_pipeline):
+    spec = httpx.get(f"{mock_pipeline}/openapi.json").json()
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "422" not in chat
+    for status in ("200", "400", "404", "408", "413", "429", "500", "503"):
+        assert status in chat, status
+    ref = chat["400"]["content"]["application/json"]["schema"]["$ref"]
+    error = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert error["required"] == ["error"]
+    assert "422" not in spec["paths"]["/v1/models"]["get"]["responses"]
+
+
+def test_a_lone_surrogate_is_a_400_and_other_streams_are_unaffected(mock_pipeline):
+    with httpx.stream("POST", f"{mock_pipeline}/v1/chat/completions", timeout=30,
+                      json={"model": "mock", "messages": ONE, "max_tokens": 300, "stream": True}) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data: ")
+        bad = post_raw(mock_pipeline, {"model": "mock", "messages": [{"role": "user", "content": "a\ud800b"}]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.content"
+        rest = list(lines)
+    assert rest[-2] == "data: [DONE]"
+
+
+@pytest.fixture
+def big_pipeline(tmp_path):
+    """The embedded mock pipeline at full speed with a 1M-token context, behind an API key."""
+    import subprocess
+
+    port = free_port()
+    log = open(tmp_path / "pipeline.log", "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SERVEMESH_DRAIN_TIMEOUT="3")
+    proc = subprocess.Popen([sys.executable, str(LLM / "pipeline.py"), "--engine", "mock", "--port", str(port),
+                             "--context-length", "1000000", "--api-key", "sk-big"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(20)
+
+
+async def test_a_huge_non_streaming_request_does_not_freeze_the_embedded_pipeline(big_pipeline):
+    url, proc = big_pipeline
+    key = {"Authorization": "Bearer sk-big"}
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=key) as http:
+        assert (await http.get("/v1/models", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        big = asyncio.create_task(http.post("/v1/completions", json={
+            "model": "mock", "prompt": "x", "max_tokens": 999_000}))
+        async with asyncio.timeout(10):  # the health endpoint answers while the big one runs
+            while (await http.get("/health")).json()["inflight"] == 0:
+                await asyncio.sleep(0.05)
+            small = await http.post("/v1/completions", json={"model": "mock", "prompt": "x", "max_tokens": 3})
+        assert small.status_code == 200 and small.json()["choices"][0]["text"] == "Hel"
+        assert not big.done(), "the big request ended before the small one: the test proves nothing"
+        proc.send_signal(signal.SIGTERM)  # served at once, although the big request still runs
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        big.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await big
+
+
+async def test_a_non_streaming_client_that_leaves_stops_the_engine(spawn, etcd):
+    env = _env(etcd)
+    spawn(LLM / "engine.py", "--engine", "mock", "--model", "slow", "--tokens-per-s", "50", env=env, name="engine")
+    spawn(LLM / "processor.py", "--engine", "mock", "--model", "slow", env=env, name="processor")
+    port = free_port()
+    front = spawn(LLM / "frontend.py", "--port", str(port), env=env, name="frontend")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, front)
+    async with DistributedRuntime(etcd=etcd.url) as rt:
+        body = {"model": "slow", "messages": ONE, "max_tokens": 3000}  # one minute of tokens
+        async with httpx.AsyncClient(timeout=120) as http:
+            request = asyncio.create_task(http.post(f"{url}/v1/chat/completions", json=body))
+            async with asyncio.timeout(10):
+                while (await _engine_stats(rt))[0]["generating"] == 0:
+                    await asyncio.sleep(0.05)
+            request.cancel()  # hang up before the answer
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        async with asyncio.timeout(10):
+            while True:
+                (stats,) = await _engine_stats(rt)
+                if stats["cancelled"] == 1 and stats["generating"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+        # a lone surrogate over the request plane: a 400, and a stream next to it carries on
+        async with httpx.AsyncClient(timeout=60) as http, http.stream("POST", f"{url}/v1/chat/completions", json={
+                "model": "slow", "messages": ONE, "max_tokens": 20, "stream": True}) as stream:
+            lines = stream.aiter_lines()
+            assert (await lines.__anext__()).startswith("data: ")
+            bad = await asyncio.to_thread(post_raw, url, {"model": "slow", "messages": [
+                {"role": "user", "content": "\ud800"}]})
+            assert bad.status_code == 400, bad.text
+            assert [line async for line in lines][-2] == "data: [DONE]"

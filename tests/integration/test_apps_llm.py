@@ -6,13 +6,17 @@ over the real request plane (loopback TCP), so errors cross a hop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import openai
+import pytest
 
 from servemesh import Context, DistributedRuntime, Overloaded, serve, service
 from servemesh.apps.llm import serve_pipeline
+from servemesh.errors import ValidationError
 from servemesh.gateway.openai import OpenAIFrontend
 from servemesh.http import HttpServer
 from servemesh.llm.engines.mock import MockEngine
@@ -121,7 +125,8 @@ async def test_models_are_the_processors_and_errors_map_by_class_across_hops():
             gone = await http.post("/v1/chat/completions", json=ask("m"))
             assert gone.status_code == 503, gone.json()
             assert gone.json()["error"]["code"] == "no_instances"
-            assert "inference.engine.generate" in gone.json()["error"]["message"]
+            # internal names and addresses stay inside (SERVEMESH_DEBUG_ERRORS shows them)
+            assert gone.json()["error"]["message"] == "no live replica for model 'm'; retry later"
     finally:
         await server.stop()
         await front.close()
@@ -163,3 +168,70 @@ async def test_serve_pipeline_with_two_engines_in_one_process():
         await client.close()
         rt.request_shutdown()
         await pipeline
+
+
+async def _engine_stats(rt: DistributedRuntime) -> dict:
+    stats = await rt.endpoint("inference.engine.stats").client()
+    (only,) = [i async for i in stats.generate({}, annotated=False)]
+    return only
+
+
+async def test_embedded_a_non_streaming_client_that_leaves_stops_the_engine():
+    async with DistributedRuntime() as rt:
+        tasks = [asyncio.create_task(serve(MockEngine, runtime=rt, model="mock", tokens_per_s=50)),
+                 asyncio.create_task(serve(Processor, runtime=rt, tokenizer=ByteTokenizer("mock")))]
+        await rt.wait_served(PROCESSOR_PATH)
+        front = await OpenAIFrontend(rt).start()
+        server = HttpServer(front.app, "127.0.0.1", 0)
+        server.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                request = asyncio.create_task(http.post("/v1/chat/completions", json=ask("mock", max_tokens=3000)))
+                async with asyncio.timeout(10):
+                    while (await _engine_stats(rt))["generating"] == 0:
+                        await asyncio.sleep(0.05)
+                request.cancel()  # the client hangs up before the answer
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+            async with asyncio.timeout(10):
+                while (stats := await _engine_stats(rt))["generating"]:
+                    await asyncio.sleep(0.05)
+            assert stats["cancelled"] == 1
+            async with asyncio.timeout(5):
+                while front.inflight:
+                    await asyncio.sleep(0.05)
+        finally:
+            await server.stop()
+            await front.close()
+            rt.request_shutdown()
+            await asyncio.gather(*tasks)
+
+
+async def test_embedded_a_lone_surrogate_is_a_400_next_to_a_healthy_stream():
+    async with DistributedRuntime() as rt:
+        tasks = [asyncio.create_task(serve(MockEngine, runtime=rt, model="mock", tokens_per_s=200)),
+                 asyncio.create_task(serve(Processor, runtime=rt, tokenizer=ByteTokenizer("mock")))]
+        await rt.wait_served(PROCESSOR_PATH)
+        front = await OpenAIFrontend(rt).start()
+        server = HttpServer(front.app, "127.0.0.1", 0)
+        server.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http, \
+                    http.stream("POST", "/v1/chat/completions", json=ask("mock", max_tokens=40, stream=True)) as ok:
+                lines = ok.aiter_lines()
+                assert (await lines.__anext__()).startswith("data: ")
+                body = json.dumps(ask("mock", messages=[{"role": "user", "content": "\ud800"}])).encode()
+                bad = await http.post("/v1/chat/completions", content=body,
+                                      headers={"Content-Type": "application/json"})
+                assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.content"
+                # straight to the processor (no frontend validation): a 400-class error, never a crash
+                processor = await rt.endpoint(PROCESSOR_PATH).client()
+                with pytest.raises(ValidationError):
+                    async for _ in processor.generate(ProcessorRequest(model="mock", prompt="a\ud800")):
+                        pass
+                assert [line async for line in lines][-2] == "data: [DONE]"
+        finally:
+            await server.stop()
+            await front.close()
+            rt.request_shutdown()
+            await asyncio.gather(*tasks)

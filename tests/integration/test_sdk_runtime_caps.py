@@ -79,10 +79,12 @@ async def test_llm_services_register_their_model_and_wait_for_engines(etcd):
         await rt.wait_served(ROUTER_PATH)
         await rt.wait_served(PROCESSOR_PATH)
         caps = {(r.component, r.endpoint): r.capabilities for r in await rt.discovery.list("instances/inference/")}
-        assert caps == {("engine", "generate"): {"model": "caps-m", "engine": "mock"},
-                        ("engine", "stats"): {"model": "caps-m", "engine": "mock"},
-                        ("router", "generate"): {"model": "caps-m", "router": "round_robin"},
-                        ("processor", "process"): {"model": "caps-m"}}
+        # the engine's context length travels through the router to the processor
+        ctx = {"context_length": 131072}
+        assert caps == {("engine", "generate"): {"model": "caps-m", "engine": "mock", **ctx},
+                        ("engine", "stats"): {"model": "caps-m", "engine": "mock", **ctx},
+                        ("router", "generate"): {"model": "caps-m", "router": "round_robin", **ctx},
+                        ("processor", "process"): {"model": "caps-m", **ctx}}
         client = await rt.endpoint(PROCESSOR_PATH).client(capabilities={"model": "caps-m"})
         request = ProcessorRequest(model="caps-m", prompt="x", sampling=SamplingParams(max_tokens=5))
         out = [ProcessorOutput.model_validate(i.data()) async for i in client.generate(request)]

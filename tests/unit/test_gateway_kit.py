@@ -222,3 +222,78 @@ async def test_metrics_per_route_and_status_one_registry_per_gateway():
 def test_max_inflight_must_be_positive():
     with pytest.raises(ConfigError, match="at least 1"):
         GatewayKit(DistributedRuntime(), "x", max_inflight=0)
+
+
+def test_clients_never_see_internal_addresses_or_instance_ids_unless_debugging():
+    internal = [
+        NoInstancesError("inference.engine.generate", known=["inference.processor.process"]),
+        InstanceUnavailable(0xDEADBEEF, "10.1.2.3:4567", "refused"),
+        StreamIncomplete("inference.engine.generate", 0xDEADBEEF, 3, "connection to 10.1.2.3:4567 lost"),
+        RemoteError("KeyError", "'/srv/secret/path'", "inference.processor.process"),
+    ]
+    for exc in internal:
+        public = describe(exc).message
+        for leak in ("10.1.2.3", "deadbeef", "inference.", "/srv/secret"):
+            assert leak not in public, (exc, public)
+        assert describe(exc).status == status_of(exc)
+        assert describe(exc, debug=True).message == str(exc)
+    named = describe(NoInstancesError("a.b.c"), subject="model 'm'")
+    assert named.message == "no live replica for model 'm'; retry later"
+    bad = describe(ValidationError("must be at most 8", field="max_tokens", endpoint="inference.engine.generate"))
+    assert bad.message == "max_tokens: must be at most 8" and bad.param == "max_tokens"
+
+
+async def test_unknown_routes_and_wrong_methods_are_in_shape():
+    async with DistributedRuntime() as rt:
+        _, app = make_app(rt)
+        async with client(app) as http:
+            wrong = await http.delete("/echo")
+            assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+            assert wrong.headers["allow"]
+
+
+async def test_the_openapi_document_has_the_real_status_codes_and_the_error_shape():
+    async with DistributedRuntime(api_key="k") as rt:
+        _, app = make_app(rt)
+        spec = app.openapi()
+    echo = spec["paths"]["/echo"]["post"]["responses"]
+    assert "422" not in echo
+    assert {"200", "400", "401", "404", "408", "413", "429", "500", "503"} <= set(echo)
+    assert "408" not in spec["paths"]["/ctx"]["get"]["responses"]  # no body, no body limits
+    ref = echo["401"]["content"]["application/json"]["schema"]["$ref"]
+    assert spec["components"]["schemas"][ref.rsplit("/", 1)[1]]["required"] == ["error"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_api_keys_are_compared_against_every_key_in_constant_time(monkeypatch):
+    from servemesh.http import auth
+
+    keys = auth.ApiKeys(["first", "second", "third"])
+    calls: list[tuple[bytes, bytes]] = []
+    real = auth.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    for presented, expected in [(b"Bearer first", True), (b"Bearer third", True), (b"Bearer nope", False),
+                                (b"bearer second", True), (None, False), (b"Basic first", False), (b"first", False)]:
+        calls.clear()
+        assert keys.check(presented) is expected, presented
+        assert len(calls) == 3, presented  # no early exit: the first key matching costs as much as none
+        assert len({len(a) for a, _ in calls} | {len(b) for _, b in calls}) == 1  # digests: one length
+    assert not auth.ApiKeys([]).enabled and auth.ApiKeys(["x"]).enabled
+
+
+def test_api_keys_from_settings(tmp_path):
+    from servemesh.config import Settings
+    from servemesh.http.auth import ApiKeys
+
+    path = tmp_path / "keys"
+    path.write_text("# comment\nfrom-file\n\n")
+    keys = ApiKeys.from_settings(Settings(api_key=" a , b ", api_key_file=str(path)))
+    assert len(keys) == 3 and keys.check(b"Bearer b") and keys.check(b"Bearer from-file")
+    assert not ApiKeys.from_settings(Settings()).enabled
+    with pytest.raises(ConfigError):
+        ApiKeys.from_settings(Settings(api_key=" , "))

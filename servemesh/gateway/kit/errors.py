@@ -14,6 +14,12 @@
     RemoteError, any other ServemeshError    500
     anything else                            500
 
+Messages are for the client: errors that carry internal names, addresses or
+instance ids (``NoInstancesError``, ``InstanceUnavailable``, ``StreamIncomplete``,
+``RemoteError``, ...) get a generic text about the request's ``subject`` ("no live
+replica for model 'm'; retry later"), unless ``debug`` (``SERVEMESH_DEBUG_ERRORS``).
+The full text goes to the gateway's log.
+
 Classes are matched with ``isinstance`` only: the runtime keeps an error's class
 across hops, so a ``NoInstancesError`` raised three processes away is still one
 here. A surface never maps errors itself; it supplies a :data:`Shape` that turns
@@ -23,7 +29,6 @@ a problem into its body (OpenAI: ``{"error": {...}}``, KServe: ``{"error": "..."
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from ...errors import (
@@ -38,9 +43,9 @@ from ...errors import (
     StreamIncomplete,
     ValidationError,
 )
+from ...http.shape import Shape
 
-#: ``shape(status, message, type, code, param) -> body``: a surface's error body.
-Shape = Callable[[int, str, str, str | None, str | None], Any]
+__all__ = ["RETRY_AFTER", "ApiError", "Problem", "Shape", "describe", "status_of"]
 
 #: seconds a client should wait before retrying a refused (429) request
 RETRY_AFTER = 1
@@ -89,16 +94,40 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
 )
 
 
-def describe(exc: BaseException) -> Problem:
-    """The HTTP meaning of ``exc`` (any exception; unknown ones are a 500)."""
+def describe(exc: BaseException, *, debug: bool = False, subject: str | None = None) -> Problem:
+    """The HTTP meaning of ``exc`` (any exception; unknown ones are a 500). ``subject``
+    names what the request was for ("model 'm'") in messages that hide internals."""
     if isinstance(exc, ApiError):
         return exc.problem
     for cls, status, type_, code in _TABLE:
         if isinstance(exc, cls):
             param = exc.field if isinstance(exc, ValidationError) else None
             retry = RETRY_AFTER if status == 429 else None
-            return Problem(status, str(exc), type_, code, param, retry)
-    return Problem(500, "internal error", "internal_error", "internal_error")
+            message = str(exc) if debug else _public(exc, subject)
+            return Problem(status, message, type_, code, param, retry)
+    return Problem(500, str(exc) if debug else "internal error", "internal_error", "internal_error")
+
+
+def _public(exc: BaseException, subject: str | None) -> str:
+    """``exc``'s message for clients: no endpoint paths, addresses or instance ids."""
+    about = f" for {subject}" if subject else ""
+    if isinstance(exc, ValidationError):
+        return f"{exc.field}: {exc.message}" if exc.field else exc.message
+    if isinstance(exc, Overloaded):
+        return f"the service{about} is at its limit of {exc.limit} concurrent requests; retry later"
+    if isinstance(exc, NoInstancesError):
+        return f"no live replica{about or ' can serve this request'}; retry later"
+    if isinstance(exc, InstanceUnavailable):
+        return f"the replica chosen{about} could not be reached; retry later"
+    if isinstance(exc, StreamIncomplete):
+        return f"the response stream{about} was cut off: a replica failed mid-stream; retry"
+    if isinstance(exc, DeadlineExceeded):
+        return f"the request{about} did not finish within its deadline"
+    if isinstance(exc, Cancelled):
+        return "the request was cancelled"
+    if isinstance(exc, SerializationError):
+        return f"the request{about} holds a value that cannot be encoded: {exc}"
+    return "internal error"
 
 
 def status_of(exc: BaseException) -> int:

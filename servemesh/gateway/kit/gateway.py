@@ -3,61 +3,94 @@
 A surface (OpenAI, KServe, capability API, ...) builds its FastAPI app, hands it to
 ``kit.install(app)`` and keeps only its own routes and its error :data:`Shape`.
 The kit adds ``/health``, ``/live``, ``/ready`` and ``/metrics``, the middleware
-(request ids, admission control, request metrics) and the exception handlers that
-render every error through :func:`describe` in the surface's shape.
+(request ids, admission control, request metrics, API keys, body size and time)
+and the exception handlers that render every error through :func:`describe` in the
+surface's shape; ``kit.http_server(host, port)`` serves the app with the socket's
+limits. Everything is configured by the runtime's settings (``docs/security.md``).
+
+Middleware, outermost first: ``KitMiddleware`` (ids, admission, metrics: it sees
+every answer, refusals included) -> ``AuthMiddleware`` -> ``BodyLimitMiddleware``
+-> the app.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from ...errors import ConfigError, ServemeshError
+from ...http import ApiKeys, AuthMiddleware, BodyLimitMiddleware, HttpLimits, HttpServer
+from ...http.auth import open_paths
+from ...http.shape import plain_shape
+from ...log import Throttled
 from ...runtime import Context, DistributedRuntime
+from .disconnect import unless_disconnected
 from .errors import ApiError, Problem, Shape, describe
 from .metrics import PROMETHEUS, GatewayMetrics
 from .middleware import KitMiddleware, request_id_of
+from .openapi import document_errors
 from .sse import event
 
 log = logging.getLogger("servemesh.gateway")
+#: lines about failures clients can cause, at most 10 a minute per kind
+throttled = Throttled(log)
+
+T = TypeVar("T")
 
 #: the kit's own routes; admission control never refuses them (nor the API docs)
 OPS_ROUTES = ("/health", "/live", "/ready", "/metrics")
 
 
-def plain_shape(status: int, message: str, type: str, code: str | None, param: str | None) -> dict[str, Any]:
-    """``{"error": "message"}`` (KServe v2's error body)."""
-    return {"error": message}
+class PlainError(BaseModel):
+    """``{"error": "message"}``: the schema of :func:`plain_shape` bodies."""
+
+    error: str
+
+
+# pydantic's union member tags in an error's location (``stop.list[str]``) are not fields
+_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|function-.*|.*\[.*)$")
 
 
 class GatewayKit:
-    """``GatewayKit(runtime, "openai", shape=openai_error, max_inflight=256, ready=lambda: ...)``.
+    """``GatewayKit(runtime, "openai", shape=openai_error, error_model=ErrorResponse, ready=lambda: ...)``.
 
-    ``ready`` says whether requests would be served now (``/ready``); ``info`` adds
+    ``shape`` writes the surface's error bodies and ``error_model`` documents them in
+    the OpenAPI document. ``ready`` says whether requests would be served now (``/ready``); ``info`` adds
     fields to the ``/health`` and ``/ready`` bodies. Requests beyond ``max_inflight``
     (the kit's routes and the API docs excepted) get a 429 with ``Retry-After``."""
 
     def __init__(self, runtime: DistributedRuntime, name: str, *, shape: Shape = plain_shape,
-                 max_inflight: int = 256, ready: Callable[[], bool] | None = None,
+                 error_model: type[BaseModel] = PlainError, max_inflight: int = 256,
+                 ready: Callable[[], bool] | None = None,
                  info: Callable[[], Mapping[str, Any]] | None = None) -> None:
         if max_inflight < 1:
             raise ConfigError(f"max_inflight of the {name} gateway must be at least 1, not {max_inflight}")
+        settings = runtime.settings
         self.runtime = runtime
         self.name = name
         self.shape = shape
+        self.error_model = error_model
         self.max_inflight = max_inflight
+        self.limits = HttpLimits.from_settings(settings)
+        self.keys = ApiKeys.from_settings(settings)
+        self.metrics_public = settings.metrics_public
+        self.debug_errors = settings.debug_errors
         self._ready = ready
         self._info = info
         #: requests admitted and not finished (streams until their last byte)
         self.inflight = 0
         self.metrics = GatewayMetrics()
         self.exempt: frozenset[str] = frozenset(OPS_ROUTES)
+        #: the app ``install`` assembled
+        self.app: FastAPI | None = None
 
     @property
     def registry(self) -> Any:
@@ -75,10 +108,22 @@ class GatewayKit:
         app.add_exception_handler(ServemeshError, self._failed)
         app.add_exception_handler(ApiError, self._failed)
         app.add_exception_handler(HTTPException, self._http_exception)  # type: ignore[arg-type]
+        # added innermost first
+        app.add_middleware(BodyLimitMiddleware, limits=self.limits, shape=self.shape)  # type: ignore[arg-type]
+        app.add_middleware(AuthMiddleware, keys=self.keys, shape=self.shape,  # type: ignore[arg-type]
+                           open_paths=open_paths(self.metrics_public))
         app.add_middleware(KitMiddleware, kit=self)  # type: ignore[arg-type]
+        app.openapi = document_errors(app, self.error_model, auth=self.keys.enabled)  # type: ignore[method-assign]
         docs = (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url)
         self.exempt = frozenset((*OPS_ROUTES, *(p for p in docs if p)))
+        self.app = app
         return app
+
+    def http_server(self, host: str, port: int) -> HttpServer:
+        """The installed app on ``host:port`` with the socket's limits, refusing in this surface's shape."""
+        if self.app is None:
+            raise ConfigError(f"the {self.name} gateway has no app yet: call kit.install(app) first")
+        return HttpServer(self.app, host, port, limits=self.limits, shape=self.shape)
 
     # -- for the surface's handlers -----------------------------------------------------------
     def request_id(self, request: Request) -> str:
@@ -90,13 +135,27 @@ class GatewayKit:
         """The runtime context for the calls a request makes; its id is the request id."""
         return Context(id=self.request_id(request), timeout=timeout)
 
-    def error_response(self, exc: BaseException) -> JSONResponse:
-        """``exc`` as an HTTP response in the surface's shape."""
-        return self._response(describe(exc))
+    def about(self, request: Request, subject: str) -> None:
+        """Name what ``request`` is for ("model 'm'"): error messages that hide internals use it."""
+        request.state.subject = subject
 
-    def sse_error(self, exc: BaseException) -> bytes:
+    async def unless_disconnected(self, request: Request, work: Awaitable[T]) -> T:
+        """``await work``, cancelled (and ``Cancelled`` raised) if the client leaves first.
+        For answers that are not streamed (a streamed body has its own listener)."""
+        return await unless_disconnected(request.receive, work)
+
+    def describe(self, exc: BaseException, subject: str | None = None) -> Problem:
+        return describe(exc, debug=self.debug_errors, subject=subject)
+
+    def error_response(self, exc: BaseException, subject: str | None = None) -> JSONResponse:
+        """``exc`` as an HTTP response in the surface's shape."""
+        return self._response(self.describe(exc, subject))
+
+    def sse_error(self, exc: BaseException, subject: str | None = None) -> bytes:
         """``exc`` as an SSE frame, for errors after a stream's headers went out."""
-        return event(describe(exc).body(self.shape))
+        if not isinstance(exc, ApiError):
+            throttled.warning(type(exc).__name__, "stream failed (%s): %s", subject or "-", exc)
+        return event(self.describe(exc, subject).body(self.shape))
 
     def ready(self) -> bool:
         return not self.runtime.is_stopping and (self._ready is None or self._ready())
@@ -125,16 +184,16 @@ class GatewayKit:
         return Response(self.metrics.render() + self.runtime.metrics.render(), media_type=PROMETHEUS)
 
     async def _failed(self, request: Request, exc: Exception) -> JSONResponse:
-        problem = describe(exc)
+        problem = self.describe(exc, getattr(request.state, "subject", None))
         if problem.status >= 500:
-            log.warning("%s %s (request %s) failed: %s", request.method, request.url.path,
-                        self.request_id(request), exc)
+            throttled.warning((problem.status, type(exc).__name__), "%s %s (request %s) failed: %s",
+                              request.method, request.url.path, self.request_id(request), exc)
         return self._response(problem)
 
     async def _invalid_request(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         err: dict[str, Any] = dict(errors[0]) if errors else {}
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _TAG.match(str(p))]
         param = ".".join(loc) or None
         message = str(err.get("msg", "invalid request"))
         if err.get("type") == "json_invalid":

@@ -20,7 +20,7 @@ log = logging.getLogger("servemesh.llm.llamacpp")
 
 
 @service(name="engine", namespace="inference",
-         capabilities=lambda self: {"model": self.model, "engine": "llamacpp"})
+         capabilities=lambda self: {"model": self.model, "engine": "llamacpp", "context_length": self.n_ctx})
 class LlamaCppEngine:
     """One llama.cpp context; requests take turns on it (at most ``max_waiting`` wait,
     then ``Overloaded``). Tokens are produced in a worker thread, one step per await, so
