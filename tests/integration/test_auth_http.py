@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from servemesh import DistributedRuntime, serve
+from servemesh import DistributedRuntime
 from servemesh.apps.llm import start_frontend
 from servemesh.errors import ConfigError
-from servemesh.llm.engines.mock import MockEngine
-from servemesh.llm.processor import PROCESSOR_PATH, Processor
-from servemesh.llm.tokenizer import ByteTokenizer
+
+from .mock_pipeline import mock_pipeline
 
 ASK = {"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
 PROBES = ("/health", "/live", "/ready")
 
 
-@contextlib.asynccontextmanager
-async def frontend(**settings: object) -> AsyncIterator[str]:
-    async with DistributedRuntime(**settings) as rt:
-        tasks = [asyncio.create_task(serve(MockEngine, runtime=rt, model="mock")),
-                 asyncio.create_task(serve(Processor, runtime=rt, tokenizer=ByteTokenizer("mock")))]
-        await rt.wait_served(PROCESSOR_PATH)
-        server = await start_frontend(rt, "127.0.0.1", 0)
-        try:
-            yield server.url
-        finally:
-            await server.stop()
-            rt.request_shutdown()
-            await asyncio.gather(*tasks)
+def frontend(**settings: object) -> contextlib.AbstractAsyncContextManager[str]:
+    return mock_pipeline(**settings)
 
 
 def bearer(key: str) -> dict[str, str]:
