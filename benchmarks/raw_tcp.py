@@ -18,10 +18,15 @@ ECHO, STREAM, ITEM, END = 0, 1, 2, 3
 
 
 class Conn(asyncio.Protocol):
-    """Both ends: buffers writes per loop turn, splits frames, hands them to ``on_frame``."""
+    """Both ends: buffers writes per loop turn, splits frames, hands them to ``on_frame``.
 
-    def __init__(self, on_frame: Any) -> None:
+    With ``early`` it also writes as soon as that many frames wait (servemesh's
+    transport does this with 32), so the peer starts on the first replies sooner."""
+
+    def __init__(self, on_frame: Any, early: int = 0) -> None:
         self.on_frame = on_frame
+        self.early = early
+        self.queued = 0
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.out = bytearray()
@@ -41,12 +46,19 @@ class Conn(asyncio.Protocol):
         self.out.extend(b"\0\0\0\0")
         ENC.encode_into(msg, self.out, -1)
         self.out[start:start + 4] = (len(self.out) - start - 4).to_bytes(4, "big")
-        if not self.scheduled:
+        self.queued += 1
+        if self.early and self.queued >= self.early:
+            self.write_out()
+        elif not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
+        self.write_out()
+
+    def write_out(self) -> None:
+        self.queued = 0
         out, self.out = self.out, bytearray()
         assert self.transport is not None
         self.transport.write(out)
@@ -91,14 +103,15 @@ class RawStream:
 
 
 class RawClient:
-    def __init__(self) -> None:
+    def __init__(self, early: int = 0) -> None:
+        self.early = early
         self.streams: dict[int, RawStream] = {}
         self.next_sid = 0
         self.conn: Conn | None = None
 
     async def connect(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        _, self.conn = await loop.create_connection(lambda: Conn(self._on_frame), host, port)
+        _, self.conn = await loop.create_connection(lambda: Conn(self._on_frame, self.early), host, port)
 
     def _on_frame(self, conn: Conn, msg: list[Any]) -> None:
         sid, kind, payload = msg
@@ -120,12 +133,12 @@ class RawClient:
         return stream
 
 
-async def serve(port: int, upstream: tuple[str, int] | None = None) -> None:
+async def serve(port: int, upstream: tuple[str, int] | None = None, early: int = 0) -> None:
     """Echo / stream server; with ``upstream`` a relay that forwards streams there."""
     loop = asyncio.get_running_loop()
     relay_client: RawClient | None = None
     if upstream is not None:
-        relay_client = RawClient()
+        relay_client = RawClient(early)
         await relay_client.connect(*upstream)
 
     async def relay(conn: Conn, sid: int, payload: Any) -> None:
@@ -152,6 +165,6 @@ async def serve(port: int, upstream: tuple[str, int] | None = None) -> None:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    server = await loop.create_server(lambda: Conn(on_frame), "127.0.0.1", port)
+    server = await loop.create_server(lambda: Conn(on_frame, early), "127.0.0.1", port)
     async with server:
         await server.serve_forever()

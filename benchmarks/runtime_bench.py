@@ -6,7 +6,9 @@
 Client and servers are separate processes over loopback (a real etcd for
 discovery, a real nats-server); inproc and bare-generator run in this process.
 Prints a table with the ratio of each servemesh row to its baseline (raw asyncio
-TCP for tcp, raw nats-py for nats, a bare async generator for inproc).
+TCP for tcp, raw nats-py for nats, a bare async generator for inproc). The raw TCP
+baseline writes once per loop turn, as filed; "raw tcp early flush" also writes
+every 32 frames, as servemesh's transport does, and tcp rows show both ratios.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from servemesh import Context, DistributedRuntime  # noqa: E402
 
 N_ITEMS = 100
 RAW_NATS_SUBJECT = "rawbench.echo"
+#: the raw baseline's second variant flushes like servemesh's transport does
+EARLY_FLUSH = 32
 ECHO_REQ = {"id": 0, "text": "x" * 100}
 
 
@@ -202,12 +206,17 @@ class Stack:
                        SERVEMESH_TRANSPORT=transport, BENCH_NS=f"bench{transport}")
             self.procs.append(subprocess.Popen([*me, "--role", "worker"], env=env))
             self.procs.append(subprocess.Popen([*me, "--role", "relay"], env=env))
-        self.raw_port, self.raw_relay_port = free_port(), free_port()
-        self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(self.raw_port)]))
-        wait_tcp("127.0.0.1", self.raw_port, 30)
-        self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(self.raw_relay_port),
-                                            "--upstream", str(self.raw_port)]))
-        wait_tcp("127.0.0.1", self.raw_relay_port, 30)
+        #: (echo/stream port, relay port) of the raw TCP baseline, by early-flush setting
+        self.raw: dict[int, tuple[int, int]] = {}
+        for early in (0, EARLY_FLUSH):
+            port, relay_port = free_port(), free_port()
+            flag = ["--early", str(early)]
+            self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(port), *flag]))
+            wait_tcp("127.0.0.1", port, 30)
+            self.procs.append(subprocess.Popen([*me, "--role", "raw", "--port", str(relay_port),
+                                                "--upstream", str(port), *flag]))
+            wait_tcp("127.0.0.1", relay_port, 30)
+            self.raw[early] = (port, relay_port)
         self.procs.append(subprocess.Popen([*me, "--role", "raw-nats", "--nats", self.nats.url]))
 
     def close(self) -> None:
@@ -241,18 +250,21 @@ async def bench(args: argparse.Namespace, stack: Stack) -> list[tuple[str, str, 
         for name in ("echo", "stream", "relay"):
             local_clients[name] = await local.endpoint(f"bench.local.{name}").client()
             await local_clients[name].wait_for_instances(10)
-        raw = raw_tcp.RawClient()
-        await raw.connect("127.0.0.1", stack.raw_port)
-        raw_relay = raw_tcp.RawClient()
-        await raw_relay.connect("127.0.0.1", stack.raw_relay_port)
+        raw: dict[int, tuple[raw_tcp.RawClient, raw_tcp.RawClient]] = {}
+        for early, ports in stack.raw.items():
+            raw[early] = (raw_tcp.RawClient(early), raw_tcp.RawClient(early))
+            for conn, port in zip(raw[early], ports, strict=True):
+                await conn.connect("127.0.0.1", port)
         rawn = raw_nats.RawNatsClient(RAW_NATS_SUBJECT)
         await rawn.connect(stack.nats.url)
 
         payload = {"echo": ECHO_REQ, "stream": {"n": N_ITEMS}, "relay": {"n": N_ITEMS}}
         systems: dict[str, Callable[[str], tuple[Op, Any] | None]] = {
             "servemesh tcp": lambda w: sm_ops(clients["tcp"][w], payload[w]),
-            "raw asyncio tcp": lambda w: raw_ops(raw_relay if w == "relay" else raw,
+            "raw asyncio tcp": lambda w: raw_ops(raw[0][w == "relay"],
                                                  raw_tcp.ECHO if w == "echo" else raw_tcp.STREAM, payload[w]),
+            "raw tcp early flush": lambda w: raw_ops(raw[EARLY_FLUSH][w == "relay"],
+                                                     raw_tcp.ECHO if w == "echo" else raw_tcp.STREAM, payload[w]),
             "servemesh nats": lambda w: sm_ops(clients["nats"][w], payload[w]),
             "raw nats-py": lambda w: None if w == "relay" else raw_nats_ops(rawn, w, payload[w]),
             "servemesh inproc": lambda w: sm_ops(local_clients[w], payload[w]),
@@ -260,7 +272,11 @@ async def bench(args: argparse.Namespace, stack: Stack) -> list[tuple[str, str, 
                 {"echo": bare_echo, "stream": stream, "relay": bare_relay}[w], payload[w]),
         }
         for label, work, conc, metric in WORKLOADS:
+            if args.only and not any(o in label for o in args.only):
+                continue
             for system, make in systems.items():
+                if args.systems and system not in args.systems:
+                    continue
                 ops = make(work)
                 if ops is None:
                     continue
@@ -308,13 +324,17 @@ def table(rows: list[tuple[str, str, float]]) -> str:
     base = {"servemesh tcp": "raw asyncio tcp", "servemesh nats": "raw nats-py",
             "servemesh inproc": "bare generator"}
     values = {(w, s): v for w, s, v in rows}
-    lines = ["| workload | system | value | ratio to baseline |", "|---|---|---:|---:|"]
+    lines = ["| workload | system | value | ratio to baseline | ratio to raw tcp early flush |",
+             "|---|---|---:|---:|---:|"]
+
+    def ratio(w: str, v: float, other: str) -> str:
+        if not values.get((w, other)):
+            return ""
+        return f"{v / values[(w, other)]:.2f}x" + (" (latency)" if w.endswith(" ms") else "")
+
     for w, s, v in rows:
-        ratio = ""
-        if s in base and (w, base[s]) in values and values[(w, base[s])]:
-            r = v / values[(w, base[s])]
-            ratio = f"{r:.2f}x" + (" (latency)" if w.endswith(" ms") else "")
-        lines.append(f"| {w} | {s} | {v:,.3f} | {ratio} |")
+        early = ratio(w, v, "raw tcp early flush") if s == "servemesh tcp" else ""
+        lines.append(f"| {w} | {s} | {v:,.3f} | {ratio(w, v, base[s]) if s in base else ''} | {early} |")
     return "\n".join(lines)
 
 
@@ -327,13 +347,17 @@ def main() -> None:
     parser.add_argument("--nats", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", type=int, default=0)
+    parser.add_argument("--early", type=int, default=0, help="raw role: write once this many frames wait")
+    parser.add_argument("--only", action="append", default=[], help="run workloads whose label contains this")
+    parser.add_argument("--systems", action="append", default=[], help="run only this system (repeatable)")
     args = parser.parse_args()
     if args.role == "worker":
         servemesh.run(servemesh.worker(serve_worker)())
     elif args.role == "relay":
         servemesh.run(servemesh.worker(serve_relay)())
     elif args.role == "raw":
-        servemesh.run(raw_tcp.serve(args.port, ("127.0.0.1", args.upstream) if args.upstream else None))
+        servemesh.run(raw_tcp.serve(args.port, ("127.0.0.1", args.upstream) if args.upstream else None,
+                                    args.early))
     elif args.role == "raw-nats":
         servemesh.run(raw_nats.serve(args.nats, RAW_NATS_SUBJECT))
     else:
