@@ -160,10 +160,10 @@ class Client:
         """Send to one instance; no failover."""
         return ResponseStream(self, request, context, annotated, self._router, instance_id)
 
-    def _choose(self, router: Router, exclude: set[int], pinned: int | None) -> InstanceRecord | None:
+    def _choose(self, router: Router, exclude: set[int] | None, pinned: int | None) -> InstanceRecord | None:
         live = self._live()
         if pinned is not None:
-            return self._instances.get(pinned) if pinned not in exclude else None
+            return self._instances.get(pinned) if not exclude or pinned not in exclude else None
         candidates = [i for i in live if i not in exclude] if exclude else list(live)
         if not candidates:
             return None
@@ -180,12 +180,6 @@ class Client:
         connector = self._connector(record)
         source = connector.open_nowait(record, request, ctx) or await connector.open(record, request, ctx)
         self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
-        return source
-
-    def _connect_nowait(self, record: InstanceRecord, request: Any, ctx: Context | None) -> ClientStream | None:
-        source = self._connector(record).open_nowait(record, request, ctx)
-        if source is not None:
-            self._load[record.instance_id] = self._load.get(record.instance_id, 0) + 1
         return source
 
     def _release(self, instance_id: int) -> None:
@@ -233,7 +227,7 @@ class ResponseStream:
         self._record: InstanceRecord | None = None
         #: chosen by the fast path but not opened there (the connection was not up)
         self._chosen: InstanceRecord | None = None
-        self._tried: set[int] = set()
+        self._tried: set[int] | None = None  # instances tried by a failing-over call
         self._done = False
         self._unlink: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -291,12 +285,13 @@ class ResponseStream:
         """The in-process fast path: open without awaiting and hand over the serving
         generator itself. None when the call needs the general path."""
         client = self._client
-        record = client._choose(self._router, self._tried, self._pinned)
+        record = client._choose(self._router, None, self._pinned)
         if record is None:
             return None
-        self._check_context()
+        if self._ctx is not None:
+            self._check_context()
         try:
-            src = client._connect_nowait(record, self._request, self._ctx)
+            src = client._connector(record).open_nowait(record, self._request, self._ctx)
         except (InstanceUnavailable, Overloaded):
             return None  # refused: the general path fails over
         except BaseException:
@@ -305,7 +300,9 @@ class ResponseStream:
         if src is None:
             self._chosen = record
             return None
-        self._tried.add(record.instance_id)
+        iid = record.instance_id
+        client._load[iid] = client._load.get(iid, 0) + 1
+        # opened for good (a call that cannot be refused later): never tried again
         self._opened(src, record)
         if src.refusable:
             return None
@@ -326,11 +323,14 @@ class ResponseStream:
     async def _open(self, last_error: ServemeshError | None = None) -> ClientStream:
         self._check_context()
         client = self._client
-        waited = bool(self._tried)  # the grace is for a call that found nothing yet, not a failover
+        tried = self._tried
+        if tried is None:
+            tried = self._tried = set()
+        waited = bool(tried)  # the grace is for a call that found nothing yet, not a failover
         while True:
             record, self._chosen = self._chosen, None
             if record is None:
-                record = client._choose(self._router, self._tried, self._pinned)
+                record = client._choose(self._router, tried, self._pinned)
             if record is None:
                 if last_error is None and self._pinned is None and not waited:
                     waited = True  # nothing live yet: wait a bounded time for an instance to appear
@@ -342,7 +342,7 @@ class ResponseStream:
                 if self._pinned is not None:
                     raise NoInstancesError(f"{client.endpoint.path} (instance {self._pinned:x})", [])
                 raise await client._no_instances(self._grace())
-            self._tried.add(record.instance_id)
+            tried.add(record.instance_id)
             try:
                 src = await client._connect(record, self._request, self._ctx)
             except InstanceUnavailable as exc:

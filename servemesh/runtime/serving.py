@@ -43,8 +43,8 @@ class ServedEndpoint:
         self.instance_id = instance_id
         self.accepting = True
         self.inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: waiters of ``drained``; made only while someone waits
+        self._idle: asyncio.Future[None] | None = None
 
     def validate(self, payload: Any) -> Any:
         validate = self.adapted.validate
@@ -60,17 +60,22 @@ class ServedEndpoint:
 
     def enter(self) -> None:
         self.inflight += 1
-        self._idle.clear()
-        self.metrics.started()
+        self.metrics.inflight += 1
 
     def leave(self, outcome: str, started: float) -> None:
         self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
+        if self.inflight == 0 and self._idle is not None:
+            idle, self._idle = self._idle, None
+            if not idle.done():
+                idle.set_result(None)
         self.metrics.finished(outcome, time.perf_counter() - started)
 
     async def drained(self) -> None:
-        await self._idle.wait()
+        """Return once no stream of this endpoint is in flight."""
+        while self.inflight:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
 
 
 class Call:
