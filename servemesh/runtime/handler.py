@@ -93,6 +93,9 @@ def _hints(func: Callable[..., Any]) -> dict[str, Any]:
         return dict(getattr(func, "__annotations__", {}))
 
 
+_PLAIN = (dict, list, str, int, float, bool)
+
+
 def request_validator(tp: Any, endpoint: str = "") -> tuple[Validator | None, dict[str, Any] | None]:
     """A function that turns wire data into ``tp`` (raising ``ValidationError``), and ``tp``'s schema."""
     if tp is inspect.Parameter.empty or tp is Any or tp is None or isinstance(tp, str):
@@ -109,10 +112,12 @@ def request_validator(tp: Any, endpoint: str = "") -> tuple[Validator | None, di
     except pydantic.PydanticUserError as exc:
         raise ConfigError(f"cannot validate requests of type {tp!r} for {endpoint}: {exc}") from exc
     is_model = isinstance(tp, type) and issubclass(tp, pydantic.BaseModel)
-    exact = tp if isinstance(tp, type) and tp not in (dict, list, str, int, float, bool) else None
+    exact = tp if isinstance(tp, type) and tp not in _PLAIN else None
+    #: a bare builtin (``request: dict``): data of exactly that type is already valid
+    plain = tp if tp in _PLAIN else None
 
     def validate(data: Any) -> Any:
-        if exact is not None and isinstance(data, exact):
+        if type(data) is plain or (exact is not None and isinstance(data, exact)):
             return data
         try:
             if is_model and isinstance(data, (str, bytes)):

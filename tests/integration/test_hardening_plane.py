@@ -149,14 +149,16 @@ async def test_a_forged_cancel_never_hangs_the_caller(spawn, etcd, nats, namespa
 
         async def on_msg(msg):
             if msg.reply and not msg.reply.rsplit(".", 1)[-1].startswith("p"):
-                await seen.put(msg.reply)
+                for frame in codec.decode_all(msg.data, 1 << 20):
+                    if isinstance(frame, codec.Request):
+                        await seen.put((msg.reply, frame.sid))
 
         await spy.subscribe(subject, cb=on_msg)
         try:
             victim = streams.generate({"n": 10_000, "delay": 0.01}, annotated=False)
             await victim.__anext__()
-            reply = await asyncio.wait_for(seen.get(), 10)
-            await spy.publish(subject, codec.encode(codec.Cancel(0)), reply=reply)
+            reply, sid = await asyncio.wait_for(seen.get(), 10)
+            await spy.publish(subject, codec.encode(codec.Cancel(sid)), reply=reply)
             started = time.monotonic()
             with pytest.raises(Cancelled):
                 async for _ in victim:

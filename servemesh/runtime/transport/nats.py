@@ -1,10 +1,14 @@
-"""NATS request plane: one subject per served instance, replies to a per-stream inbox.
+"""NATS request plane: one subject per served endpoint instance; each caller has one
+reply inbox per subject it calls.
 
-Frames are the same as on TCP (``codec``); several frames for one destination
-are batched into one NATS message per loop turn, through an outbound queue
-bounded in bytes (stream senders wait while it is full). A request to an
-instance with no subscriber gets NATS's "no responders" status, so a dead
-worker is noticed at once; while streams are open to an instance the client
+Frames are the same as on TCP (``codec``) and carry their stream id, so a NATS
+message is a batch: all frames for one destination (requests, credits and
+cancels of every stream a caller has open to one subject, or every reply frame
+for one caller's inbox) go as one message per loop turn, through an outbound
+queue bounded in bytes (stream senders wait while it is full). A server keys
+its streams by (reply inbox, stream id). A request to a subject with no
+subscriber gets NATS's "no responders" status, so a dead worker is noticed at
+once; while streams are open to an instance the client
 pings it every ``heartbeat_interval``, so a worker killed, stopped or cut off
 mid-stream fails its streams with ``StreamIncomplete`` instead of leaving them
 hanging, and the worker reaps streams whose caller went silent. The connection
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import logging
 import secrets
 from collections.abc import Mapping
@@ -46,6 +51,11 @@ def instance_subject(namespace: str, component: str, endpoint: str, instance_id:
     """``sm.{namespace}.{component}.{endpoint}-{id}``: one NATS permission,
     ``sm.{namespace}.>``, covers a whole namespace (docs/security.md)."""
     return f"sm.{namespace}.{component}.{endpoint}-{instance_id:x}"
+
+
+def _caller(key: Any) -> str:
+    """The caller (its inbox prefix) of a served stream's key, (reply subject, stream id)."""
+    return str(key[0]).rpartition(".")[0]
 
 
 class _Batcher:
@@ -167,6 +177,10 @@ class NatsTransport:
         self._inbox_sub: Any = None
         self._streams: dict[int, RemoteStream] = {}
         self._next_sid = 1
+        #: subject -> token of this caller's reply inbox for it, and back
+        self._tokens: dict[str, str] = {}
+        self._subjects: dict[str, str] = {}
+        self._token_ids = itertools.count(1)
         self._probing: set[str] = set()
         #: when each instance subject last answered a probe
         self._answered: dict[str, float] = {}
@@ -239,27 +253,28 @@ class NatsTransport:
                 kind, fields = errortable.encode(exc)
                 batcher.write(reply, codec.Error(0, kind, fields))  # type: ignore[arg-type]
             return
-        if reply:
-            self._callers[reply.rpartition(".")[0]] = asyncio.get_running_loop().time()
+        if not reply:
+            garbage.warning(path, "message on %s without a reply subject; dropped", path)
+            return
+        self._callers[reply.rpartition(".")[0]] = asyncio.get_running_loop().time()
+        write = None
         for frame in frames:
             ft = type(frame)
             if ft is codec.Request:
-                if not reply:
-                    garbage.warning(path, "request on %s without a reply subject; dropped", path)
-                    continue
+                if write is None:
+                    write = functools.partial(batcher.write, reply)
                 try:
-                    streams.request(reply, frame, functools.partial(batcher.write, reply),  # type: ignore[arg-type]
-                                    only_path=path)
+                    streams.request((reply, frame.sid), frame, write, only_path=path)  # type: ignore[arg-type]
                 except ProtocolError as exc:
                     garbage.warning(path, "request on %s dropped: %s", path, exc)
                     continue
                 if self._reaper is None:
                     self._reaper = self.tasks.spawn(self._reap(), name="nats reap orphans")
             elif ft is codec.Credit:
-                streams.grant(reply, frame.n, frame.bytes)  # type: ignore[union-attr]
+                streams.grant((reply, frame.sid), frame.n, frame.bytes)  # type: ignore[union-attr]
             elif ft is codec.Cancel:
-                streams.cancel(reply, by_caller=True)
-            elif ft is codec.Ping and reply:
+                streams.cancel((reply, frame.sid), by_caller=True)
+            elif ft is codec.Ping:
                 batcher.write(reply, codec.Pong(frame.sid))
 
     async def _reap(self) -> None:
@@ -274,11 +289,11 @@ class NatsTransport:
                 await asyncio.sleep(self.settings.heartbeat_interval)
                 now = loop.time()
                 for key in streams.keys():
-                    heard = self._callers.get(str(key).rpartition(".")[0])
+                    heard = self._callers.get(_caller(key))
                     if heard is None or now - heard > timeout:
                         log.info("caller of stream %s silent for over %.0f s; stopping it", key, timeout)
                         streams.cancel(key)
-                live = {str(k).rpartition(".")[0] for k in streams.keys()}
+                live = {_caller(k) for k in streams.keys()}
                 for prefix in list(self._callers):
                     if prefix not in live and now - self._callers[prefix] > timeout:
                         del self._callers[prefix]
@@ -321,7 +336,11 @@ class NatsTransport:
         sid = self._next_sid
         self._next_sid += 1
         frame = request_frame(sid, record.path, request, ctx, s.stream_window, s.stream_window_bytes)
-        reply = f"{self._inbox}.{sid}"
+        token = self._tokens.get(subject)
+        if token is None:
+            token = self._tokens[subject] = f"r{next(self._token_ids)}"
+            self._subjects[token] = subject
+        reply = f"{self._inbox}.{token}"
         self.batcher.write(subject, frame, reply)  # FrameTooLarge / SerializationError: nothing sent
         stream = RemoteStream(_NatsLink(self, subject, reply), sid, s.stream_window, record.path,
                               record.instance_id, f"nats:{subject}", s.stream_window_bytes)
@@ -329,22 +348,22 @@ class NatsTransport:
         if subject not in self._probing:
             self._probing.add(subject)
             self._answered[subject] = asyncio.get_running_loop().time()
-            self.tasks.spawn(self._probe(subject, record.instance_id), name=f"probe {subject}")
+            self.tasks.spawn(self._probe(subject, token), name=f"probe {subject}")
         return stream
 
     def _on_reply(self, msg: Any) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
+        token = msg.subject.rpartition(".")[2]
         headers = msg.headers
-        if token.startswith("p") and not (headers and headers.get("Status") == NO_RESPONDERS):
-            self._probe_answered(token[1:])  # a Pong: the instance is alive
-            return
+        probe = token.startswith("p")
+        subject = self._subjects.get(token[1:] if probe else token)
         if headers and headers.get("Status") == NO_RESPONDERS:
-            if token.startswith("p"):  # a liveness probe found nobody
-                self._instance_gone(token[1:], "no responders: the instance is gone")
-                return
-            stream = self._streams.pop(int(token), None) if token.isdigit() else None
-            if stream is not None:
-                stream.lost("no responders on its subject: the instance is gone")
+            # a request batch or a liveness probe found nobody: the instance is gone
+            if subject is not None:
+                self._subject_gone(subject, "no responders on its subject: the instance is gone")
+            return
+        if probe:
+            if subject is not None:  # a Pong: the instance is alive
+                self._answered[subject] = asyncio.get_running_loop().time()
             return
         try:
             decoder = codec.FrameDecoder(self.limit)
@@ -353,9 +372,8 @@ class NatsTransport:
                 raise ProtocolError(f"truncated frame: {decoder.pending} trailing bytes")
         except ProtocolError as exc:
             garbage.warning(msg.subject, "malformed reply on %s: %s", msg.subject, exc)
-            stream = self._streams.pop(int(token), None) if token.isdigit() else None
-            if stream is not None:
-                stream.lost(f"malformed reply: {exc}")
+            if subject is not None:
+                self._subject_gone(subject, f"malformed reply: {exc}")
             return
         for frame, size in zip(frames, decoder.sizes, strict=True):
             if not deliver(self._streams, frame, size):
@@ -365,24 +383,23 @@ class NatsTransport:
     def _subject(stream: RemoteStream) -> str:
         return stream.address.removeprefix("nats:")
 
-    def _instance_gone(self, subject_hex: str, reason: str) -> None:
+    def _subject_gone(self, subject: str, reason: str) -> None:
+        """Fail every stream open to ``subject`` (those that got nothing yet are refused,
+        so their callers fail over)."""
+        token = self._tokens.pop(subject, None)
+        if token is not None:
+            del self._subjects[token]
         for sid, stream in list(self._streams.items()):
-            if self._subject(stream).endswith(f"-{subject_hex}"):
+            if self._subject(stream) == subject:
                 del self._streams[sid]
                 stream.lost(reason)
 
-    def _probe_answered(self, instance_hex: str) -> None:
-        now = asyncio.get_running_loop().time()
-        for subject in self._probing:
-            if subject.endswith(f"-{instance_hex}"):
-                self._answered[subject] = now
-
-    async def _probe(self, subject: str, instance_id: int) -> None:
+    async def _probe(self, subject: str, token: str) -> None:
         """While streams to ``subject`` are open, ping it every ``heartbeat_interval``:
         "no responders" means the instance is gone; no answer for ``heartbeat_timeout``
         (a stopped or partitioned process) fails its streams too. The pings also tell
         the instance that this caller is alive."""
-        reply = f"{self._inbox}.p{instance_id:x}"
+        reply = f"{self._inbox}.p{token}"
         loop = asyncio.get_running_loop()
         s = self.settings
         try:
@@ -390,7 +407,7 @@ class NatsTransport:
                 await asyncio.sleep(s.heartbeat_interval)
                 silent = loop.time() - self._answered.get(subject, loop.time())
                 if silent > s.heartbeat_timeout:
-                    self._instance_gone(f"{instance_id:x}", f"no answer for {silent:.1f} s")
+                    self._subject_gone(subject, f"no answer for {silent:.1f} s")
                     break
                 if self.batcher is not None and self.connected:
                     self.batcher.write(subject, codec.Ping(0), reply)
