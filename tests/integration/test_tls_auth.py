@@ -17,6 +17,7 @@ from servemesh.errors import ConfigError, DiscoveryError
 from servemesh.runtime import codec
 from servemesh.runtime.client import InstanceInfo
 from servemesh.runtime.discovery.etcd import EtcdDiscovery
+from servemesh.runtime.records import instance_prefix
 from servemesh.runtime.transport.nats_connect import connect
 from servemesh.runtime.transport.streams import request_frame
 from servemesh.testing import EtcdServer, NatsServer
@@ -200,6 +201,50 @@ async def test_nats_permissions_of_one_namespace_carry_its_calls(etcd, namespace
             items, _ = await serve_and_call(runtime(**settings), caller, f"{namespace}.svc.numbers")
         assert items == [{"k": 0}, {"k": 1}, {"k": 2}]
         assert "Violation" not in server.log()
+
+
+async def test_nats_permissions_refused_fail_loudly_and_register_nothing(etcd, namespace):
+    """A worker whose NATS user may not subscribe to its namespace fails to serve with
+    a ``ConfigError`` naming the permission, and nothing is registered; a caller that
+    may not publish there gets a refusal naming it, in seconds, not a hang."""
+    everything = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    deaf = {"user": "deaf", "password": "deaf-secret",
+            "permissions": {**everything, "subscribe": {"allow": ["_SM.>"]}}}
+    mute = {"user": "mute", "password": "mute-secret",
+            "permissions": {**everything, "publish": {"allow": ["_SM.>"]}}}
+    good = {"user": "good", "password": "good-secret", "permissions": everything}
+    path = f"{namespace}.svc.numbers"
+    with NatsServer(users=[deaf, mute, good]) as server:
+        def as_user(user: dict) -> DistributedRuntime:
+            return runtime(etcd=etcd.url, nats=server.url, transport="nats", nats_user=user["user"],
+                           nats_password=user["password"], instance_wait=0.5)
+
+        async with as_user(deaf) as worker, as_user(good) as caller:
+            with pytest.raises(ConfigError) as info:
+                async with asyncio.timeout(10):
+                    await worker.endpoint(path).serve_endpoint(numbers)
+            assert f"subscribe to sm.{namespace}.svc.numbers-" in str(info.value)
+            assert f"sm.{namespace}.>" in str(info.value)
+            client = await caller.endpoint(path).client()
+            assert client.instances() == []
+            assert await caller.discovery.list(instance_prefix(namespace)) == []
+
+        async with as_user(good) as worker, as_user(mute) as caller:
+            task = asyncio.create_task(worker.endpoint(path).serve_endpoint(numbers))
+            try:
+                await asyncio.wait_for(worker.wait_served(path), 10)
+                client = await caller.endpoint(path).client()
+                await client.wait_for_instances(10)
+                assert len(await caller.discovery.list(instance_prefix(namespace))) == 1
+                started = time.monotonic()
+                with pytest.raises(InstanceUnavailable) as refused:
+                    async for _ in client.generate({"n": 3}):
+                        pass
+                assert time.monotonic() - started < 5
+                assert "publish" in str(refused.value) and "permission" in str(refused.value)
+            finally:
+                worker.request_shutdown()
+                await task
 
 
 async def test_nats_with_an_nkey(nats_auth, nkey):

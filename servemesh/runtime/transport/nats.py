@@ -187,6 +187,8 @@ class NatsTransport:
         #: when each caller (inbox prefix) was last heard from, for reaping its streams
         self._callers: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: subjects nats-server refused this user a subscription to
+        self._refused_subs: set[str] = set()
         self.connected = False
 
     async def _connection(self) -> Any:
@@ -196,7 +198,7 @@ class NatsTransport:
                     raise ConfigError("no NATS configured: set SERVEMESH_NATS or run `servemesh up`")
                 nc = await connect(self.settings.nats, f"servemesh-{self.instance_id:x}",
                                    self.settings.connect_timeout, on_lost=self._lost, on_back=self._back,
-                                   settings=self.settings)
+                                   settings=self.settings, on_denied=self._denied)
                 self.connected = True
                 self.limit = min(self.settings.max_payload, nc.max_payload)
                 self.batcher = _Batcher(nc, self.limit, self.tasks)
@@ -216,6 +218,44 @@ class NatsTransport:
     def _back(self) -> None:
         self.connected = True
 
+    def _denied(self, action: str, subject: str) -> None:
+        """nats-server refused a subscription or a publish of this user."""
+        if action == "subscribe":
+            self._refused_subs.add(subject)
+            return
+        why = (f"NATS does not let this process publish to {subject}: give its user publish permission "
+               "there (docs/security.md)")
+        self._subject_gone(subject, why)  # calls to a worker we may not reach
+        if self._server_streams is not None:  # replies to a caller we may not reach
+            for key in self._server_streams.keys():
+                if key[0] == subject:  # type: ignore[index]
+                    self._server_streams.cancel(key)
+
+    async def _subscribe(self, nc: Any, subject: str, cb: Any) -> Any:
+        """Subscribe and wait for the server to accept it: a subscription this user may
+        not make is a ``ConfigError`` now, not a silent deaf subscriber."""
+        sub = await nc.subscribe(subject, cb=cb)
+        # nats-server answers a refused SUB with an error that may come just after the
+        # PONG of the next PING: three round trips (measured: never more than two)
+        for _ in range(3):
+            try:
+                await within(nc.flush(), self.settings.connect_timeout)
+            except Exception as exc:
+                log.debug("nats flush after subscribing to %s: %r", subject, exc)
+                break
+            if subject in self._refused_subs:
+                break
+        if subject in self._refused_subs:
+            self._refused_subs.discard(subject)
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe %s: %r", subject, exc)
+            scope = f"sm.{subject.split('.')[1]}.>" if subject.startswith("sm.") else "_SM.>"
+            raise ConfigError(f"NATS does not let this process subscribe to {subject}: give its user subscribe "
+                              f"permission for {scope} (docs/security.md)")
+        return sub
+
     # -- listener -----------------------------------------------------------------------
     async def add(self, served: ServedEndpoint, record: InstanceRecord) -> dict[str, str]:
         nc = await self._connection()
@@ -229,7 +269,7 @@ class NatsTransport:
         async def on_msg(msg: Any) -> None:
             self._on_request(path, msg)
 
-        self._subs[path] = await nc.subscribe(subject, cb=on_msg)
+        self._subs[path] = await self._subscribe(nc, subject, on_msg)
         return {self.key: subject}
 
     async def remove(self, path: str) -> None:
@@ -325,7 +365,7 @@ class NatsTransport:
                     async def on_msg(msg: Any) -> None:
                         self._on_reply(msg)
 
-                    self._inbox_sub = await nc.subscribe(f"{self._inbox}.*", cb=on_msg)
+                    self._inbox_sub = await self._subscribe(nc, f"{self._inbox}.*", on_msg)
         return self._open(record, request, ctx)
 
     def _open(self, record: InstanceRecord, request: Any, ctx: Context | None) -> RemoteStream:

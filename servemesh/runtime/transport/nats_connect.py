@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,8 @@ from .. import tls
 from ..tasks import within
 
 log = logging.getLogger("servemesh.transport.nats")
+#: nats-server's asynchronous answer to a SUB or PUB this user may not make
+_DENIED = re.compile(r'permissions violation for (subscription|publish) to "?([^"\s]+)', re.IGNORECASE)
 
 
 def connect_options(url: str, settings: Settings | None) -> tuple[str, dict[str, Any]]:
@@ -91,10 +94,20 @@ def _checked(check: Callable[[], None], value: str) -> str:
     return value
 
 
+def denied(exc: BaseException) -> tuple[str, str] | None:
+    """("subscribe" | "publish", subject) when ``exc`` is nats-server refusing one."""
+    found = _DENIED.search(str(exc))
+    if found is None:
+        return None
+    return ("subscribe" if found.group(1).lower() == "subscription" else "publish"), found.group(2)
+
+
 async def connect(url: str, name: str, timeout: float, *, on_lost: Callable[[], None] | None = None,
-                  on_back: Callable[[], None] | None = None, settings: Settings | None = None) -> Any:
+                  on_back: Callable[[], None] | None = None, settings: Settings | None = None,
+                  on_denied: Callable[[str, str], None] | None = None) -> Any:
     """A connection that reconnects forever once up; the first connection is tried for
-    ``timeout`` seconds, and refused credentials or certificates fail it at once."""
+    ``timeout`` seconds, and refused credentials or certificates fail it at once.
+    ``on_denied(action, subject)`` hears of each subscribe or publish the server refused."""
     import nats.aio.client
 
     shown = tls.redact_url(url)
@@ -103,10 +116,13 @@ async def connect(url: str, name: str, timeout: float, *, on_lost: Callable[[], 
     first_error: list[BaseException] = []
 
     async def on_error(exc: Exception) -> None:
-        if up:
-            log.warning("nats connection %s: %r", name, exc)
-        else:
+        if not up:
             first_error[:] = [exc]
+            return
+        refused = denied(exc)
+        if refused is not None and on_denied is not None:
+            on_denied(*refused)
+        log.warning("nats connection %s: %r", name, exc)
 
     async def on_disconnect() -> None:
         if not up:
