@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .testing.certs import CertFiles
+    from .testing.certs import CertFiles, NatsOperator
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -213,16 +213,20 @@ class NatsServer(_Server):
 
     ``users`` is the ``authorization { users = [...] }`` list of nats-server's
     configuration, as dicts (``{"user": "a", "password": "p"}``, ``{"nkey": "U..."}``,
-    each with optional ``permissions``); ``tls`` serves clients over TLS only
+    each with optional ``permissions``); ``operator`` (``testing.certs.NatsOperator``)
+    runs it in operator mode instead, for users with ``.creds`` files; ``tls`` serves clients over TLS only
     (``tls://`` URL), and ``verify_clients`` also requires client certificates
     signed by ``tls.ca``.
     """
 
     def __init__(self, data_dir: str | None = None, host: str = "127.0.0.1", port: int | None = None,
                  max_payload: int | None = None, *, users: list[dict[str, Any]] | None = None,
-                 tls: CertFiles | None = None, verify_clients: bool = False) -> None:
+                 tls: CertFiles | None = None, verify_clients: bool = False,
+                 operator: NatsOperator | None = None) -> None:
         if verify_clients and tls is None:
             raise ConfigError("verify_clients needs tls")
+        if operator is not None and users is not None:
+            raise ConfigError("give NatsServer users or an operator, not both")
         self.host = host
         self.port = port or free_port(host)
         self.http_port = free_port(host)
@@ -230,6 +234,7 @@ class NatsServer(_Server):
         self.users = users
         self.tls = tls
         self.verify_clients = verify_clients
+        self.operator = operator
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="servemesh-nats-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.log_path = self.data_dir / "nats.log"
@@ -249,6 +254,8 @@ class NatsServer(_Server):
             tls = {"cert_file": self.tls.cert, "key_file": self.tls.key, "ca_file": self.tls.ca,
                    "verify": self.verify_clients, "timeout": 2}
             lines.append(f"tls {json.dumps(tls)}")
+        if self.operator is not None:
+            lines += self.operator.config_lines()
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 30) -> None:
@@ -256,7 +263,7 @@ class NatsServer(_Server):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "-a", self.host, "-p", str(self.port), "-m", str(self.http_port),
                "-js", "-sd", str(self.data_dir / "js")]
-        if self.max_payload or self.users is not None or self.tls is not None:
+        if self.max_payload or self.users is not None or self.tls is not None or self.operator is not None:
             conf = self.data_dir / "nats.conf"
             conf.write_text(self.config())
             cmd += ["-c", str(conf)]

@@ -18,9 +18,13 @@ become IP SANs (``127.0.0.1``), the others DNS SANs. Keys are EC P-256, unencryp
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
+import json
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +155,77 @@ def make_user_nkey(directory: str | Path, name: str = "user") -> tuple[str, str]
     path.write_bytes(seed + b"\n")
     path.chmod(0o600)
     return str(path), public
+
+
+class NatsOperator:
+    """A NATS operator, one account and the users of that account, as JWTs (the
+    decentralised authentication that ``.creds`` files belong to), so tests can run
+    nats-server in operator mode: ``NatsServer(operator=...)``.
+
+    ``user(name, allow=...)`` writes a ``.creds`` file (the user's JWT and NKey seed) for
+    ``SERVEMESH_NATS_CREDS``; ``allow`` are the subjects it may publish and subscribe to
+    (all of them when ``None``)."""
+
+    def __init__(self, directory: str | Path, name: str = "op") -> None:
+        try:
+            import nkeys
+        except ImportError as exc:
+            raise ConfigError("NATS operator mode needs the nkeys package: pip install 'nats-py[nkeys]'") from exc
+        self._nkeys = nkeys
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._operator = self._key(nkeys.PREFIX_BYTE_OPERATOR)
+        self._account = self._key(nkeys.PREFIX_BYTE_ACCOUNT)
+        self.account_public = self._account.public_key.decode()
+        # nats-server's own account (JetStream needs one in operator mode)
+        self.system_public = self._key(nkeys.PREFIX_BYTE_ACCOUNT).public_key.decode()
+        op_public = self._operator.public_key.decode()
+        self.operator_jwt = self.directory / f"{name}.jwt"
+        self.operator_jwt.write_text(self._jwt(self._operator, op_public, name, {
+            "type": "operator", "version": 2, "system_account": self.system_public}))
+        unlimited = {k: -1 for k in ("subs", "data", "payload", "imports", "exports", "conn", "leaf",
+                                     "mem_storage", "disk_storage", "streams", "consumer")}
+        self.account_jwt = self._jwt(self._operator, self.account_public, "servemesh",
+                                     {"type": "account", "version": 2, "limits": {**unlimited, "wildcards": True}})
+        self.system_jwt = self._jwt(self._operator, self.system_public, "SYS", {
+            "type": "account", "version": 2,
+            "limits": {k: -1 for k in ("subs", "data", "payload", "imports", "exports", "conn", "leaf")}})
+
+    def _key(self, prefix: int) -> Any:
+        nkeys = self._nkeys
+        return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+    def _jwt(self, issuer: Any, subject: str, name: str, nats: dict[str, Any]) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name, "sub": subject,
+                  "nats": nats}
+        digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+        claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+        header = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        body = b64(json.dumps(claims).encode())
+        signature = b64(issuer.sign(f"{header}.{body}".encode()))
+        return f"{header}.{body}.{signature}"
+
+    def config_lines(self) -> list[str]:
+        """nats-server configuration for this operator, its account preloaded."""
+        return [f"operator: {json.dumps(str(self.operator_jwt))}", f"system_account: {self.system_public}",
+                "resolver: MEMORY",
+                f"resolver_preload: {{ {self.account_public}: {json.dumps(self.account_jwt)}, "
+                f"{self.system_public}: {json.dumps(self.system_jwt)} }}"]
+
+    def user(self, name: str, allow: list[str] | None = None) -> str:
+        """Write ``{name}.creds`` for a new user of the account; returns its path."""
+        key = self._key(self._nkeys.PREFIX_BYTE_USER)
+        nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
+        if allow is not None:
+            nats["pub"] = {"allow": allow}
+            nats["sub"] = {"allow": allow}
+        jwt = self._jwt(self._account, key.public_key.decode(), name, nats)
+        path = self.directory / f"{name}.creds"
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{key.seed.decode()}\n------END USER NKEY SEED------\n")
+        path.chmod(0o600)
+        return str(path)

@@ -21,7 +21,7 @@ from servemesh.runtime.records import instance_prefix
 from servemesh.runtime.transport.nats_connect import connect
 from servemesh.runtime.transport.streams import request_frame
 from servemesh.testing import EtcdServer, NatsServer
-from servemesh.testing.certs import CertAuthority, CertFiles, make_user_nkey
+from servemesh.testing.certs import CertAuthority, CertFiles, NatsOperator, make_user_nkey
 
 WORKER = Path(__file__).with_name("stream_worker.py")
 
@@ -245,6 +245,28 @@ async def test_nats_permissions_refused_fail_loudly_and_register_nothing(etcd, n
             finally:
                 worker.request_shutdown()
                 await task
+
+
+async def test_nats_transport_with_a_creds_file(etcd, tmp_path, namespace):
+    """Operator mode: a user is a JWT its account signed, and a ``.creds`` file holds
+    that JWT and the user's seed (``SERVEMESH_NATS_CREDS``). Calls go through with the
+    per-namespace permissions in the JWT; a user of a foreign account is refused at
+    once with the credentials hint."""
+    operator = NatsOperator(tmp_path / "operator")
+    creds = operator.user("ns", allow=[f"sm.{namespace}.>", "_SM.>"])
+    stranger = NatsOperator(tmp_path / "other").user("stranger")
+    with NatsServer(operator=operator) as server:
+        settings = {"etcd": etcd.url, "nats": server.url, "transport": "nats", "nats_creds": creds}
+        async with runtime(**settings) as caller:
+            items, record = await serve_and_call(runtime(**settings), caller, f"{namespace}.svc.numbers")
+        assert items == [{"k": 0}, {"k": 1}, {"k": 2}]
+        assert set(record.transport) == {"nats_tcp"}
+        assert "Violation" not in server.log()
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as info:
+            await connect(server.url, "t", 3.0, settings=Settings(nats=server.url, nats_creds=stranger))
+        assert time.monotonic() - started < 2
+        assert "NATS refused the credentials" in str(info.value)
 
 
 async def test_nats_with_an_nkey(nats_auth, nkey):
