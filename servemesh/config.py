@@ -120,6 +120,21 @@ class Settings:
     #: require and verify client certificates on the TCP request plane (mutual TLS).
     tls_mutual: bool = False
 
+    # -- object store (docs/objects.md) --------------------------------------------------
+    #: where objects live: an absolute directory, ``nats://host:port?bucket=name``, or
+    #: ``nats`` (the NATS above); ``None``: ``{state_dir}/objects``.
+    object_store: str | None = None
+    #: seconds an object lives unless ``create(ttl=)`` says otherwise; ``inf``: forever.
+    object_ttl: float = 3600.0
+    #: largest encoded object stored or read, bytes.
+    object_max_bytes: int = 64 * 1024 * 1024
+    #: read and write pickle payloads (reading one runs its code: only if every writer is trusted).
+    object_allow_pickle: bool = False
+    #: seconds between two collections of expired objects.
+    object_gc_interval: float = 60.0
+    #: seconds one object store operation may take.
+    object_timeout: float = 30.0
+
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "nats", "memory"):
             raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp', 'nats' or 'memory', not {self.transport!r}")
@@ -130,11 +145,12 @@ class Settings:
                 f"SERVEMESH_ON_LEASE_LOST must be 'reregister' or 'exit', not {self.on_lease_lost!r}"
             )
         for name in ("lease_ttl", "max_payload", "stream_window", "stream_window_bytes", "max_concurrency",
-                     "http_max_body", "http_max_connections"):
+                     "http_max_body", "http_max_connections", "object_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("drain_timeout", "connect_timeout", "request_timeout", "heartbeat_interval",
-                     "heartbeat_timeout", "frame_timeout", "http_header_timeout", "http_body_timeout"):
+                     "heartbeat_timeout", "frame_timeout", "http_header_timeout", "http_body_timeout",
+                     "object_ttl", "object_gc_interval", "object_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         if self.instance_wait < 0:

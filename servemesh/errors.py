@@ -15,7 +15,14 @@
     ├── Cancelled               the request was cancelled
     ├── DeadlineExceeded        the request's deadline passed
     ├── ValidationError         the request failed the endpoint's validation (field)
-    └── Overloaded              the instance refused work because it is full
+    ├── Overloaded              the instance refused work because it is full
+    └── ObjectStoreError        the object store (servemesh.objects); as itself: closed or misused
+        ├── InvalidObjectRef    (+ ValidationError) not a ref: a path, a URL, garbage
+        ├── ObjectNotFound      expired, deleted or never stored (ref, expired)
+        ├── ObjectTooLarge      over the object size limit (size, limit)
+        ├── ObjectRefused       (+ SerializationError) pickle without the operator's opt-in
+        ├── ObjectCorrupted     (+ ProtocolError) stored bytes that are not a valid object
+        └── ObjectStoreUnavailable  the object store's backend failed or timed out
 
 Workers raise these (or their own exceptions, which reach clients as
 ``RemoteError``); only the gateways map them to HTTP status codes.
@@ -233,3 +240,117 @@ class Overloaded(ServemeshError):
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
         return cls(str(fields.get("endpoint", "")), int(fields.get("limit", 0)))
+
+
+# -- the object store (servemesh.objects) ------------------------------------------------
+#: the field name AnyServe uses for a ref carried in a tensor
+OBJECT_REF_FIELD = "obj_ref"
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a ref in a message never echoes megabytes of input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ObjectStoreError(ServemeshError):
+    """Base of the object store's errors; raised as itself for a closed store or a
+    blocking call made on an event loop thread. (Its kind stays ``internal``: its
+    subclasses travel as their own kind or as their other base's.)"""
+
+
+class InvalidObjectRef(ObjectStoreError, ValidationError):
+    """Something that is not an object ref; nothing was read. Travels as ``ValidationError``."""
+
+    def __init__(self, ref: object) -> None:
+        self.ref = _shown(ref)
+        ValidationError.__init__(
+            self,
+            f"{self.ref} is not an object ref: refs are 'obj-' and 64 lowercase hex digits, as returned "
+            "by objects.create(); paths, URLs and anything else are refused",
+            OBJECT_REF_FIELD,
+        )
+
+
+class ObjectNotFound(ObjectStoreError):
+    """No live object under this ref."""
+
+    kind = "object_not_found"
+
+    def __init__(self, ref: str, *, expired: bool = False) -> None:
+        self.ref = ref
+        self.expired = expired
+        why = ("it expired (objects live for their TTL: create it again, or with a longer ttl=)" if expired
+               else "it expired, was deleted, or was stored in another object store (check that every "
+                    "replica uses the same SERVEMESH_OBJECT_STORE)")
+        super().__init__(f"no object {ref}: {why}")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"ref": self.ref, "expired": self.expired}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("ref", "")), expired=bool(fields.get("expired", False)))
+
+
+class ObjectTooLarge(ObjectStoreError):
+    """A payload over the store's size limit, refused before it was stored or read."""
+
+    kind = "object_too_large"
+
+    def __init__(self, size: int, limit: int, ref: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        self.ref = ref
+        what = f"object {ref}" if ref else "object"
+        super().__init__(
+            f"{what} of {size} bytes exceeds the object store's limit of {limit} bytes: store less "
+            "(split it, or keep it elsewhere and pass a reference), or raise SERVEMESH_OBJECT_MAX_BYTES "
+            "on every replica"
+        )
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"size": self.size, "limit": self.limit, "ref": self.ref}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        ref = fields.get("ref")
+        return cls(int(fields.get("size", 0)), int(fields.get("limit", 0)), None if ref is None else str(ref))
+
+
+class ObjectRefused(ObjectStoreError, SerializationError):
+    """A value the codec does not take, or a stored payload this store will not decode
+    (pickle without the operator's opt-in). Travels as ``SerializationError``."""
+
+    def __init__(self, reason: str, ref: str | None = None) -> None:
+        self.reason = reason
+        self.ref = ref
+        super().__init__(f"object {ref} refused: {reason}" if ref else f"object refused: {reason}")
+
+
+class ObjectCorrupted(ObjectStoreError, ProtocolError):
+    """Stored bytes that are not a valid object. Travels as ``ProtocolError``."""
+
+    def __init__(self, ref: str | None, reason: str) -> None:
+        self.ref = ref
+        self.reason = reason
+        what = f"object {ref}" if ref else "object payload"
+        super().__init__(f"{what} is unusable: {reason}")
+
+
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The object store's backend failed or did not answer in time."""
+
+    kind = "object_store_unavailable"
+
+    def __init__(self, location: str, reason: str) -> None:
+        self.location = location
+        self.reason = reason
+        super().__init__(f"object store {location} is unavailable: {reason}")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"location": self.location, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("location", "")), str(fields.get("reason", "")))

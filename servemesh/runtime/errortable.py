@@ -24,6 +24,9 @@ from ..errors import (
     FrameTooLarge,
     InstanceUnavailable,
     NoInstancesError,
+    ObjectNotFound,
+    ObjectStoreUnavailable,
+    ObjectTooLarge,
     Overloaded,
     ProtocolError,
     RemoteError,
@@ -35,13 +38,13 @@ from ..errors import (
 
 Kind = Literal["remote", "validation", "serialization", "no_instances", "unavailable", "incomplete",
                "overloaded", "cancelled", "deadline", "protocol", "frame_too_large", "config",
-               "discovery", "internal"]
+               "discovery", "object_not_found", "object_too_large", "object_store_unavailable", "internal"]
 
 KINDS: dict[str, type[ServemeshError]] = {
     cls.kind: cls for cls in (
         RemoteError, ValidationError, SerializationError, NoInstancesError, InstanceUnavailable,
         StreamIncomplete, Overloaded, Cancelled, DeadlineExceeded, ProtocolError, FrameTooLarge,
-        ConfigError, DiscoveryError, ServemeshError,
+        ConfigError, DiscoveryError, ObjectNotFound, ObjectTooLarge, ObjectStoreUnavailable, ServemeshError,
     )
 }
 assert set(KINDS) == set(Kind.__args__), "errortable: Kind and KINDS disagree"  # type: ignore[attr-defined]

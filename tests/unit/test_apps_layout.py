@@ -30,7 +30,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [
-    ("runtime", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps")),
+    ("runtime", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps", "servemesh.objects")),
+    ("objects", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("llm", ("servemesh.gateway", "servemesh.apps")),
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("gateway", ("servemesh.apps",)),

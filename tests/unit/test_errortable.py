@@ -21,6 +21,9 @@ SAMPLES = [
     errors.FrameTooLarge(100, 10),
     errors.ConfigError("bad setting"),
     errors.DiscoveryError("etcd down"),
+    errors.ObjectNotFound("obj-" + "0" * 64, expired=True),
+    errors.ObjectTooLarge(200, 100, "obj-" + "0" * 64),
+    errors.ObjectStoreUnavailable("nats://h:4222 bucket b", "no answer within 30 s"),
     errors.ServemeshError("something"),
 ]
 

@@ -6,8 +6,11 @@
 
     ApiError (a surface's own refusal)      its status
     ValidationError, SerializationError      400
+    ObjectNotFound                           404
+    ObjectTooLarge                           413
     Overloaded                               429 + Retry-After
-    NoInstancesError, InstanceUnavailable    503
+    NoInstancesError, InstanceUnavailable,
+    ObjectStoreUnavailable                   503
     StreamIncomplete                         502
     DeadlineExceeded                         504
     Cancelled                                499
@@ -36,6 +39,9 @@ from ...errors import (
     DeadlineExceeded,
     InstanceUnavailable,
     NoInstancesError,
+    ObjectNotFound,
+    ObjectStoreUnavailable,
+    ObjectTooLarge,
     Overloaded,
     RemoteError,
     SerializationError,
@@ -82,6 +88,9 @@ class ApiError(Exception):
 # (class, status, type, code): the first match wins, so subclasses come first
 _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ValidationError, 400, "invalid_request_error", "invalid_value"),
+    (ObjectNotFound, 404, "not_found_error", "object_not_found"),
+    (ObjectTooLarge, 413, "invalid_request_error", "object_too_large"),
+    (ObjectStoreUnavailable, 503, "service_unavailable", "object_store_unavailable"),
     (SerializationError, 400, "invalid_request_error", "unserializable"),
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (NoInstancesError, 503, "service_unavailable", "no_instances"),
@@ -125,6 +134,10 @@ def _public(exc: BaseException, subject: str | None) -> str:
         return f"the request{about} did not finish within its deadline"
     if isinstance(exc, Cancelled):
         return "the request was cancelled"
+    if isinstance(exc, (ObjectNotFound, ObjectTooLarge)):
+        return str(exc)  # about the client's own ref or value: nothing internal
+    if isinstance(exc, ObjectStoreUnavailable):
+        return "the object store is unavailable; retry later"
     if isinstance(exc, SerializationError):
         return f"the request{about} holds a value that cannot be encoded: {exc}"
     return "internal error"
