@@ -32,6 +32,8 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize(("package", "forbidden"), [
     ("runtime", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps", "servemesh.objects")),
     ("objects", ("servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps")),
+    ("tensors", ("servemesh.runtime", "servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps",
+                 "servemesh.objects")),
     ("llm", ("servemesh.gateway", "servemesh.apps")),
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("gateway", ("servemesh.apps",)),
