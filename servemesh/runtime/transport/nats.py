@@ -177,7 +177,8 @@ class NatsTransport:
         self._inbox_sub: Any = None
         self._streams: dict[int, RemoteStream] = {}
         self._next_sid = 1
-        #: subject -> token of this caller's reply inbox for it, and back
+        #: subject -> token of this caller's reply inbox for it, and back (while the
+        #: subject's probe runs, i.e. while streams to it are open)
         self._tokens: dict[str, str] = {}
         self._subjects: dict[str, str] = {}
         self._token_ids = itertools.count(1)
@@ -426,9 +427,6 @@ class NatsTransport:
     def _subject_gone(self, subject: str, reason: str) -> None:
         """Fail every stream open to ``subject`` (those that got nothing yet are refused,
         so their callers fail over)."""
-        token = self._tokens.pop(subject, None)
-        if token is not None:
-            del self._subjects[token]
         for sid, stream in list(self._streams.items()):
             if self._subject(stream) == subject:
                 del self._streams[sid]
@@ -452,8 +450,13 @@ class NatsTransport:
                 if self.batcher is not None and self.connected:
                     self.batcher.write(subject, codec.Ping(0), reply)
         finally:
+            # no stream to ``subject`` is left: forget its reply token too (a later call
+            # gets a new one and a new probe; in between, the two always go together)
             self._probing.discard(subject)
             self._answered.pop(subject, None)
+            if self._tokens.get(subject) == token:
+                del self._tokens[subject]
+                del self._subjects[token]
 
     async def close(self) -> None:
         for path in list(self._subs):
