@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -213,7 +214,7 @@ class ResponseStream:
     (``serving.Call.items``): no extra layer per item."""
 
     __slots__ = ("__weakref__", "_annotated", "_chosen", "_client", "_ctx", "_done", "_it", "_pinned", "_record",
-                 "_request", "_router", "_src", "_timer", "_tried", "_unlink")
+                 "_refusal", "_request", "_router", "_src", "_timer", "_tried", "_unlink")
 
     def __init__(self, client: Client, request: Any, ctx: Context | None, annotated: bool,
                  router: Router, pinned: int | None) -> None:
@@ -228,6 +229,7 @@ class ResponseStream:
         #: chosen by the fast path but not opened there (the connection was not up)
         self._chosen: InstanceRecord | None = None
         self._tried: set[int] | None = None  # instances tried by a failing-over call
+        self._refusal: ServemeshError | None = None  # why the fast path's instance refused
         self._done = False
         self._unlink: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -290,21 +292,26 @@ class ResponseStream:
             return None
         if self._ctx is not None:
             self._check_context()
+        iid = record.instance_id
         try:
             src = client._connector(record).open_nowait(record, self._request, self._ctx)
-        except (InstanceUnavailable, Overloaded):
-            return None  # refused: the general path fails over
+        except (InstanceUnavailable, Overloaded) as exc:
+            # refused: the general path fails over to another instance, or raises this
+            self._tried = {iid}
+            self._refusal = exc
+            if isinstance(exc, InstanceUnavailable):
+                client.quarantine(iid)
+            return None
         except BaseException:
             self._done = True
             raise
         if src is None:
             self._chosen = record
             return None
-        iid = record.instance_id
         client._load[iid] = client._load.get(iid, 0) + 1
-        # opened for good (a call that cannot be refused later): never tried again
         self._opened(src, record)
-        if src.refusable:
+        if src.refusable:  # a remote stream may still be refused: not this instance again
+            self._tried = {iid}
             return None
         return src.items(ANNOTATED if self._annotated else DATA)
 
@@ -405,18 +412,30 @@ class ResponseStream:
         # call; our own bookkeeping (load, context link, deadline timer) ends here.
         try:
             src = self._src
-            if src is not None and not src.finished and self._it is None:
-                src.cancel()
+            if src is not None and not src.finished and (self._it is None or _never_ran(self._it)):
+                src.cancel()  # (a generator that never ran has no cleanup that would do it)
             self._finish()
         except Exception:  # interpreter shutdown: nothing left to tell
             pass
+
+
+def _never_ran(agen: AsyncGenerator[Any, None]) -> bool:
+    """Whether ``agen`` never ran (``__anext__()`` made but not awaited, or closed before
+    its first step): then its cleanup, which ends the call, never runs either. Only
+    called while the call is unfinished, so a closed generator here is one that never ran."""
+    state = getattr(inspect, "getasyncgenstate", None)  # Python 3.12+
+    if state is not None:
+        return state(agen) in ("AGEN_CREATED", "AGEN_CLOSED")  # type: ignore[no-any-return]
+    gen: Any = agen
+    frame = gen.ag_frame
+    return frame is None or (not gen.ag_running and frame.f_lasti == 0)
 
 
 async def _iterate(self: ResponseStream) -> AsyncGenerator[Any, None]:
     """The iteration of one ``ResponseStream`` over a transport that may still refuse it."""
     if self._done:
         return
-    src = self._src if self._src is not None else await self._open()
+    src = self._src if self._src is not None else await self._open(self._refusal)
     annotated = self._annotated
     try:
         while True:

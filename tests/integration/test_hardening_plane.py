@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -313,3 +314,47 @@ async def test_frame_fuzzer_finds_no_crash(spawn, etcd, namespace):
             except (ConnectionError, TimeoutError):
                 pass
         assert [i["k"] async for i in client.generate({"n": 3}, annotated=False)] == [0, 1, 2]
+
+
+async def test_frames_at_the_nats_message_limit_fail_typed_never_silently(namespace):
+    """A NATS message holds a frame's 4-byte header and body: a frame whose body is just
+    under max_payload does not fit one. Such an item fails the stream with
+    ``FrameTooLarge`` (never a stream that ends short and looks complete), such a
+    request fails at once (never a hang), and the largest frame that fits arrives."""
+    from servemesh.errors import FrameTooLarge
+    from servemesh.runtime.discovery.memory import MemoryDiscovery, MemoryStore
+
+    limit = 64 * 1024
+
+    def text_for_body(body: int, frame: Callable[[str], codec.Frame]) -> str:
+        for n in range(body - 300, body + 1):
+            if codec.append_frame(bytearray(), frame("x" * n), 1 << 30) == body:
+                return "x" * n
+        raise AssertionError(f"no text gives a frame body of {body}")
+
+    too_big = text_for_body(limit - 2, lambda t: codec.Item(1, t))
+    fits = text_for_body(limit - codec.HEADER, lambda t: codec.Item(1, t))
+
+    async def handler(request: dict):
+        yield too_big if request["big"] else fits
+
+    store = MemoryStore()
+    with NatsServer(max_payload=limit) as server:
+        settings = {"nats": server.url, "transport": "nats", "instance_wait": 0.5}
+        async with DistributedRuntime(discovery=MemoryDiscovery(store), **settings) as worker, \
+                DistributedRuntime(discovery=MemoryDiscovery(store), **settings) as caller:
+            path = f"{namespace}.c.big"
+            task = asyncio.create_task(worker.endpoint(path).serve_endpoint(handler))
+            client = await caller.endpoint(path).client()
+            await client.wait_for_instances(5)
+            async with asyncio.timeout(10):
+                assert [x async for x in client.generate({"big": False}, annotated=False)] == [fits]
+                with pytest.raises(FrameTooLarge):
+                    async for _ in client.generate({"big": True}, annotated=False):
+                        pass
+                with pytest.raises(FrameTooLarge):
+                    async for _ in client.generate({"big": False, "pad": too_big}, annotated=False):
+                        pass
+                assert [x async for x in client.generate({"big": False}, annotated=False)] == [fits]
+            worker.request_shutdown()
+            await task

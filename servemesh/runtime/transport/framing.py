@@ -17,7 +17,6 @@ log = logging.getLogger("servemesh.transport")
 #: peers that break the protocol are logged at most a few times a minute
 broken_peers = Throttled(log, per_minute=6)
 
-#: bytes queued in a connection (ours plus the transport's) above which senders wait
 #: write at once when this many frames or bytes wait, without waiting for the loop
 #: turn to end: the peer starts on the first replies while this end makes the rest
 #: (at 64 concurrent unary calls this doubles throughput over once-per-turn writes)

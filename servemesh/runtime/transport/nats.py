@@ -23,7 +23,7 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...config import Settings
@@ -60,11 +60,16 @@ def _caller(key: Any) -> str:
 
 class _Batcher:
     """Frames per destination subject, published as one message per loop turn by one
-    sender task (so frames of a stream never overtake each other)."""
+    sender task (so frames of a stream never overtake each other). ``limit`` is the
+    largest frame body: a frame and its header always fit one NATS message, and a batch
+    never outgrows one. A publish that fails is reported to ``on_failed(subject, why)``."""
 
-    def __init__(self, nc: Any, limit: int, tasks: TaskSet) -> None:
+    def __init__(self, nc: Any, limit: int, tasks: TaskSet, on_failed: Callable[[str, str], None]) -> None:
         self.nc = nc
         self.limit = limit
+        #: the largest message: one frame of ``limit`` bytes with its header
+        self.max_message = limit + codec.HEADER
+        self._on_failed = on_failed
         self._tasks = tasks
         self._out: dict[tuple[str, str], bytearray] = {}
         self._scheduled = False
@@ -81,8 +86,8 @@ class _Batcher:
             buf = self._out[key] = bytearray()
         start = len(buf)
         size = codec.append_frame(buf, frame, self.limit)
-        self._queued += size
-        if len(buf) > self.limit:  # this frame fits alone but not with the batch: send the batch first
+        self._queued += len(buf) - start
+        if len(buf) > self.max_message and start:  # it fits alone but not with the batch: send the batch first
             pending = bytes(buf[:start])
             del buf[:start]
             self._publish(subject, reply, pending)
@@ -125,6 +130,8 @@ class _Batcher:
                     await self.nc.publish(subject, data, reply=reply)
                 except Exception as exc:  # closed, or reconnecting with a full buffer
                     log.warning("nats publish to %s failed: %r", subject, exc)
+                    # the frames it carried are lost: fail their streams, never leave them hanging
+                    self._on_failed(subject, f"a NATS publish to {subject} failed: {exc!r}")
                 self._queued = max(self._queued - len(data), 0)
                 if self._drained is not None and self._queued < OUTBOUND_LIMIT // 2 and not self._drained.done():
                     self._drained.set_result(None)
@@ -201,8 +208,9 @@ class NatsTransport:
                                    self.settings.connect_timeout, on_lost=self._lost, on_back=self._back,
                                    settings=self.settings, on_denied=self._denied)
                 self.connected = True
-                self.limit = min(self.settings.max_payload, nc.max_payload)
-                self.batcher = _Batcher(nc, self.limit, self.tasks)
+                # a frame's header travels in the same NATS message as its body
+                self.limit = min(self.settings.max_payload, nc.max_payload - codec.HEADER)
+                self.batcher = _Batcher(nc, self.limit, self.tasks, self._unreachable)
                 self.nc = nc
             return self.nc
 
@@ -224,10 +232,14 @@ class NatsTransport:
         if action == "subscribe":
             self._refused_subs.add(subject)
             return
-        why = (f"NATS does not let this process publish to {subject}: give its user publish permission "
-               "there (docs/security.md)")
-        self._subject_gone(subject, why)  # calls to a worker we may not reach
-        if self._server_streams is not None:  # replies to a caller we may not reach
+        self._unreachable(subject, f"NATS does not let this process publish to {subject}: give its user "
+                                   "publish permission there (docs/security.md)")
+
+    def _unreachable(self, subject: str, why: str) -> None:
+        """Frames for ``subject`` cannot be delivered: fail the calls to a worker there
+        and stop the streams whose replies go there."""
+        self._subject_gone(subject, why)
+        if self._server_streams is not None:
             for key in self._server_streams.keys():
                 if key[0] == subject:  # type: ignore[index]
                     self._server_streams.cancel(key)

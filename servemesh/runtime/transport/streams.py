@@ -40,12 +40,13 @@ class FrameSink:
     connection is not congested, so a slow caller bounds the memory of a fast
     handler on both sides."""
 
-    __slots__ = ("_pressure", "_waiter", "_write", "budget", "credit", "expired", "outstanding", "sid")
+    __slots__ = ("_pressure", "_waiter", "_write", "budget", "credit", "expired", "outstanding", "sid", "window")
 
     def __init__(self, write: Write, sid: int, window: int, window_bytes: int, pressure: Pressure) -> None:
         self._write = write
         self._pressure = pressure
         self.sid = sid
+        self.window = window
         self.credit = window
         self.budget = window_bytes
         self.outstanding = 0
@@ -82,7 +83,8 @@ class FrameSink:
                 self._waiter = None
 
     def grant(self, n: int, nbytes: int) -> None:
-        self.credit += n
+        # never beyond the window: a forged Credit cannot lift flow control
+        self.credit = min(self.credit + n, self.window)
         self.outstanding = max(self.outstanding - nbytes, 0)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
