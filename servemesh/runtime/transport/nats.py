@@ -438,11 +438,16 @@ class NatsTransport:
 
     def _subject_gone(self, subject: str, reason: str) -> None:
         """Fail every stream open to ``subject`` (those that got nothing yet are refused,
-        so their callers fail over)."""
+        so their callers fail over), and tell the worker, in case it is only slow or cut
+        off for a while: it stops them instead of serving a caller that left."""
+        token = self._tokens.get(subject)
+        batcher = self.batcher if self.connected and token is not None else None
         for sid, stream in list(self._streams.items()):
             if self._subject(stream) == subject:
                 del self._streams[sid]
                 stream.lost(reason)
+                if batcher is not None:
+                    batcher.write(subject, codec.Cancel(sid), f"{self._inbox}.{token}")
 
     async def _probe(self, subject: str, token: str) -> None:
         """While streams to ``subject`` are open, ping it every ``heartbeat_interval``:
