@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..errors import (
@@ -87,6 +87,11 @@ class Client:
     # -- the live set ---------------------------------------------------------------
     def instance_ids(self) -> list[int]:
         return sorted(self._live())
+
+    def records(self) -> Mapping[int, InstanceRecord]:
+        """The live matching records by instance id, as they are now (do not change it).
+        For callers that route themselves and then call ``direct``."""
+        return self._live()
 
     def instances(self) -> list[InstanceInfo]:
         return [InstanceInfo(r.instance_id, dict(r.transport), dict(r.capabilities))
