@@ -25,7 +25,8 @@ instance ids (``NoInstancesError``, ``InstanceUnavailable``, ``StreamIncomplete`
 replica for model 'm'; retry later"), unless ``debug`` (``SERVEMESH_DEBUG_ERRORS``).
 The full text goes to the gateway's log. A surface whose handlers are the user's own
 code (the capability API) passes ``handler_errors=True``: a ``RemoteError`` then shows
-the handler's exception type and message (never a traceback, never the endpoint).
+the handler's exception type and message (never a traceback, never the endpoint), and
+a ``ConfigError`` (a handler's misuse of its context) its message.
 
 Classes are matched with ``isinstance`` only: the runtime keeps an error's class
 across hops, so a ``NoInstancesError`` raised three processes away is still one
@@ -42,6 +43,7 @@ from typing import Any
 from ...errors import (
     Cancelled,
     CapabilityNotFound,
+    ConfigError,
     DeadlineExceeded,
     DelegationRefused,
     InstanceUnavailable,
@@ -151,6 +153,8 @@ def _public(exc: BaseException, subject: str | None, handler_errors: bool = Fals
     about = f" for {subject}" if subject else ""
     if isinstance(exc, RemoteError) and handler_errors:
         return f"{exc.remote_type}: {exc.message}"
+    if isinstance(exc, ConfigError) and handler_errors:
+        return str(exc)  # a handler's misuse of its context (say, a blocking call on the loop)
     if isinstance(exc, (CapabilityNotFound, DelegationRefused, RegistrationConflict)):
         return str(exc)  # labels and replica ids, as /registry shows them: nothing internal
     if isinstance(exc, ValidationError):
