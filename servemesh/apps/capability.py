@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import Callable
@@ -64,6 +65,7 @@ async def serve_api_server(runtime: DistributedRuntime, store: MemoryStore, host
                            on_ready: Callable[[str], Any] | None = None) -> None:
     """The API server until the runtime stops."""
     api, server = await start_api_server(runtime, store, host, port)
+    settle_heap()
     try:
         if on_ready is not None:
             on_ready(server.url)
@@ -116,6 +118,7 @@ async def serve_replica(runtime: DistributedRuntime, app: App, *, replica_id: st
                 if api_server:
                     registrar = await _registrar(runtime, replica, api_server, token, store)
                     group.create_task(_keep_registered(runtime, registrar))
+                settle_heap()
                 if on_ready is not None:
                     on_ready(replica, endpoint)
         finally:
@@ -158,6 +161,14 @@ async def _keep_registered(runtime: DistributedRuntime, registrar: Registrar) ->
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
         await asyncio.shield(registrar.unregister())
+
+
+def settle_heap() -> None:
+    """Move what start-up allocated (modules, FastAPI's and pydantic's tables) out of the
+    garbage collector's sight: it lives as long as the process, and scanning it in every
+    full collection stalled requests for tens of milliseconds (p99)."""
+    gc.collect()
+    gc.freeze()
 
 
 def wire_text(labels: dict[str, Any]) -> str:

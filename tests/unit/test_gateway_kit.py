@@ -323,13 +323,12 @@ def test_handler_errors_are_shown_only_where_the_surface_asks():
 
 
 async def test_raw_routes_run_under_the_kits_middleware():
-    from servemesh.gateway.kit.raw import read_body, send_bytes
+    from servemesh.gateway.kit.raw import send_bytes
 
-    async with DistributedRuntime(api_key="k") as rt:
-        kit = GatewayKit(rt, "test", shape=openai_error)
+    async with DistributedRuntime(api_key="k", http_max_body=16) as rt:
+        kit = GatewayKit(rt, "test", shape=openai_error, max_inflight=1)
 
-        async def fast(scope, receive, send):
-            body = await read_body(receive)
+        async def fast(scope, body, receive, send):
             if body == b"fail":
                 kit.about_scope(scope, "the thing")
                 raise NoInstancesError("ns.c.e")
@@ -345,6 +344,12 @@ async def test_raw_routes_run_under_the_kits_middleware():
             assert failed.json()["error"]["message"] == "no live replica for the thing; retry later"
             assert (await http.get("/fast")).status_code == 405
             assert (await http.post("/fast", content=b"x", headers={"Authorization": ""})).status_code == 401
+            too_big = await http.post("/fast", content=b"x" * 17)
+            assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+            kit.inflight = 1  # as if one request were in flight
+            over = await http.post("/fast", content=b"x")
+            assert over.status_code == 429 and over.headers["retry-after"] == "1" and over.headers["x-request-id"]
+            kit.inflight = 0
             metrics = (await http.get("/metrics")).text
             assert 'servemesh_http_requests_total{route="/fast",status="200"} 1.0' in metrics
             assert 'servemesh_http_requests_total{route="/fast",status="503"} 1.0' in metrics

@@ -34,7 +34,7 @@ from ...runtime.discovery.memory import MemoryStore
 from ...runtime.tasks import TaskSet
 from ..kit import ApiError, GatewayKit, event_stream
 from ..kit.disconnect import unless_disconnected
-from ..kit.raw import header, read_body, send_bytes
+from ..kit.raw import header, send_bytes
 from .models import (
     ErrorBody,
     RegisterRequest,
@@ -165,17 +165,19 @@ class CapabilityApiServer:
         chain, depth = wire.chain_from_headers(header(scope, b"x-delegated-from"), header(scope, b"x-delegation-depth"))
         return wire.InferCall(body, want, chain, depth), subject
 
-    async def infer_json(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def infer_json(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """``POST /infer/json``: a raw route (``kit.raw``), the hot path of this server."""
-        call, _ = self._call(scope, await read_body(receive))
-        ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
+        call, _ = self._call(scope, body)
+        # no timeout here: the replica enforces SERVEMESH_REQUEST_TIMEOUT on every call it
+        # serves, and the plane's liveness checks catch a replica that stopped answering
+        ctx = self.kit.scope_context(scope)
         data = await unless_disconnected(receive, self.router.unary(call, ctx, call.chain))
         await send_bytes(send, 200, data)
 
-    async def infer_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def infer_stream(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """``POST /infer/stream``: failures before the first frame get their status code;
         after it, an ``event: error`` frame."""
-        call, subject = self._call(scope, await read_body(receive))
+        call, subject = self._call(scope, body)
         ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
         first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, call.chain))
         await event_stream(self._sse(first, rest, subject))(scope, receive, send)

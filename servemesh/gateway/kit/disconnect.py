@@ -27,16 +27,23 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
+#: seconds of work before a listener for the client's disconnect is started: most answers
+#: are ready sooner, and then no listener task is made at all
+LISTEN_AFTER = 0.02
+
+
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """``await work`` in this task, cancelled if the client disconnects first.
 
-    The listener is the only other task: when the client leaves it cancels this one,
-    and the cancellation is taken back here (``uncancel``), as ``asyncio.timeout`` does,
-    and turned into ``Cancelled``; any other cancellation passes through."""
+    A listener task watches ``receive`` once the work took ``LISTEN_AFTER`` seconds
+    (a fast answer never pays for one). When the client leaves it cancels this task,
+    and the cancellation is taken back here (``uncancel``), as ``asyncio.timeout``
+    does, and turned into ``Cancelled``; any other cancellation passes through."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
     listening = True
+    listener: asyncio.Task[None] | None = None
 
     def cancel() -> None:
         nonlocal gone
@@ -44,7 +51,12 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             gone = True
             task.cancel(msg="the client disconnected")
 
-    listener = asyncio.ensure_future(_watch(receive, cancel))
+    def listen() -> None:
+        nonlocal listener
+        if listening:
+            listener = asyncio.ensure_future(_watch(receive, cancel))
+
+    timer = asyncio.get_running_loop().call_later(LISTEN_AFTER, listen)
     try:
         return await work
     except asyncio.CancelledError:
@@ -53,7 +65,9 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         raise
     finally:
         listening = False
-        listener.cancel()
+        timer.cancel()
+        if listener is not None:
+            listener.cancel()
 
 
 async def _watch(receive: Receive, on_disconnect: Callable[[], None]) -> None:

@@ -38,7 +38,7 @@ from .errors import ApiError, Problem, Shape, describe
 from .metrics import PROMETHEUS, GatewayMetrics
 from .middleware import KitMiddleware, request_id_of
 from .openapi import document_errors
-from .raw import Endpoint, RawDispatch, RawHandler, RawRoutes
+from .raw import Endpoint, RawHandler, RawLane
 from .sse import event
 
 log = logging.getLogger("servemesh.gateway")
@@ -113,8 +113,8 @@ class GatewayKit:
     def install(self, app: FastAPI, raw_routes: Mapping[tuple[str, str], RawHandler] | None = None) -> FastAPI:
         """Add the kit's routes, exception handlers and middleware to ``app``.
 
-        ``raw_routes`` (``{("POST", "/path"): handler}``) are plain ASGI handlers served
-        under the kit's middleware without FastAPI's layers (``kit.raw``); the server
+        ``raw_routes`` (``{("POST", "/path"): handler}``) are ASGI handlers served with the
+        kit's rules applied inline and without FastAPI's layers (``kit.raw``); the server
         (``http_server``) serves ``kit.asgi``, which routes to them and to ``app``."""
         app.add_api_route("/health", self._health, methods=["GET"], include_in_schema=False)
         app.add_api_route("/live", self._live, methods=["GET"], include_in_schema=False)
@@ -138,10 +138,7 @@ class GatewayKit:
             for (method, path), handler in raw_routes.items():
                 app.router.add_route(path, Endpoint(handler), methods=[method],  # type: ignore[arg-type]
                                      include_in_schema=False)
-            stack = BodyLimitMiddleware(RawDispatch(raw_routes, self), limits=self.limits, shape=self.shape)
-            stack = AuthMiddleware(stack, keys=self.keys, shape=self.shape,  # type: ignore[assignment]
-                                   open_paths=open_paths(self.metrics_public))
-            self.asgi = RawRoutes(app, KitMiddleware(stack, kit=self), raw_routes)
+            self.asgi = RawLane(app, self, raw_routes)
         return app
 
     def http_server(self, host: str, port: int) -> HttpServer:
