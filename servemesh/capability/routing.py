@@ -154,9 +154,8 @@ class CapabilityRouter:
             tried.add(iid)
             load = self._load
             load[iid] = load.get(iid, 0) + 1
-            response = client.direct(call, iid, context=ctx, annotated=False)
             try:
-                return await response.__anext__()  # type: ignore[no-any-return]
+                return await client.one(call, iid, context=ctx)  # type: ignore[no-any-return]
             except (InstanceUnavailable, Overloaded) as exc:
                 if not _refused_by(exc, iid):
                     raise
@@ -167,7 +166,6 @@ class CapabilityRouter:
                 raise NoInstancesError(f"capability {_text(call.want)}", []) from None
             finally:
                 self._release(iid)
-                await response.aclose()
 
     async def stream(self, call: wire.InferCall, ctx: Context,
                      exclude: Collection[str] = ()) -> tuple[bytes | None, AsyncIterator[bytes]]:

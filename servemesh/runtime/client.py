@@ -165,6 +165,41 @@ class Client:
         """Send to one instance; no failover."""
         return ResponseStream(self, request, context, annotated, self._router, instance_id)
 
+    async def one(self, request: Any, instance_id: int, *, context: Context | None = None) -> Any:
+        """The one item of a unary call to one instance (its data), with the least
+        machinery: no stream object, no failover (for callers that route themselves).
+        Raises what the instance raised (``InstanceUnavailable`` / ``Overloaded`` when it
+        refused), ``StopAsyncIteration`` if it sent nothing. Cancelling the caller's task,
+        or stopping ``context``, cancels the call; the instance enforces the deadline."""
+        record = self._instances.get(instance_id)
+        if record is None:
+            raise NoInstancesError(f"{self.endpoint.path} (instance {instance_id:x})", [])
+        if context is not None:
+            if context.is_stopped():
+                raise Cancelled(f"context {context.id} was stopped before calling {self.endpoint.path}")
+            if context.expired():
+                raise DeadlineExceeded(f"deadline passed before calling {self.endpoint.path}")
+        connector = self._connector(record)
+        src = connector.open_nowait(record, request, context) or await connector.open(record, request, context)
+        load = self._load
+        load[instance_id] = load.get(instance_id, 0) + 1
+        unlink = None if context is None else context.on_stop(
+            lambda: src.interrupt(Cancelled(f"request {context.id} was stopped")))
+        try:
+            if src.refusable:
+                return (await cast(RemoteStream, src).next()).data
+            items = src.items(DATA)  # in process: the serving path's own generator
+            try:
+                return await items.__anext__()
+            finally:
+                await items.aclose()
+        finally:
+            if unlink is not None:
+                unlink()
+            if not src.finished:
+                src.cancel()
+            self._release(instance_id)
+
     def _choose(self, router: Router, exclude: set[int] | None, pinned: int | None) -> InstanceRecord | None:
         live = self._live()
         if pinned is not None:
