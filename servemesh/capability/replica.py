@@ -133,8 +133,9 @@ class Replica:
             if first is None:
                 return
             yield first
-            async for item in rest:
-                yield item
+            async for batch in rest:
+                for item in batch:
+                    yield item
             return
         hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
         async for item in self.runner.stream(spec, call.body, wire.decode_request, hctx,
@@ -164,7 +165,7 @@ class Replica:
         return await self.router.unary(call, ctx, exclude)
 
     async def forward_stream(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                             ctx: RuntimeContext) -> tuple[bytes | None, AsyncIterator[bytes]]:
+                             ctx: RuntimeContext) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
         call, exclude = self._next_hop(want, body, chain, depth, True, True)
         return await self.router.stream(call, ctx, exclude)
 
@@ -196,8 +197,9 @@ class Replica:
             first, rest = await self.forward_stream(want, wire.encode_request(request), chain, depth, ctx)
             if first is not None:
                 yield decode_contents_response(first)
-                async for item in rest:
-                    yield decode_contents_response(item)
+                async for batch in rest:
+                    for item in batch:
+                        yield decode_contents_response(item)
             return
         hctx = Context(self, spec.labels, ctx, chain, depth, None)
         async for response in self.runner.stream(spec, request, _same, hctx, answer(_same)):

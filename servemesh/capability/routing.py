@@ -168,9 +168,10 @@ class CapabilityRouter:
                 self._release(iid)
 
     async def stream(self, call: wire.InferCall, ctx: Context,
-                     exclude: Collection[str] = ()) -> tuple[bytes | None, AsyncIterator[bytes]]:
+                     exclude: Collection[str] = ()) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
         """The first response of a replica serving ``call.want`` and the rest of its
-        stream (failing over until the first one arrived). ``None`` first: it sent nothing."""
+        stream (failing over until the first one arrived), in batches: each holds what had
+        arrived when it was read, in order. ``None`` first: it sent nothing."""
         client = self._stream
         if client is None:
             raise NoInstancesError(self.stream_path, [])
@@ -215,10 +216,21 @@ class CapabilityRouter:
         else:
             load.pop(iid, None)
 
-    async def _rest(self, response: ResponseStream, iid: int) -> AsyncIterator[bytes]:
+    async def _rest(self, response: ResponseStream, iid: int) -> AsyncIterator[list[bytes]]:
         try:
-            async for item in response:
-                yield item
+            items = response.__aiter__()
+            async for item in items:
+                ready = response.buffered
+                if not ready:
+                    yield [item]
+                    continue
+                batch = [item]
+                for _ in range(min(ready, 256)):  # already here: no waiting
+                    try:
+                        batch.append(await items.__anext__())
+                    except StopAsyncIteration:
+                        break
+                yield batch
         finally:
             self._release(iid)
             await response.aclose()
@@ -232,7 +244,7 @@ def _refused_by(exc: InstanceUnavailable | Overloaded, iid: int) -> bool:
     return True
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def _empty() -> AsyncIterator[list[bytes]]:
     return
     yield  # pragma: no cover
 

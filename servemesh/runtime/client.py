@@ -313,6 +313,13 @@ class ResponseStream:
         """The instance serving this stream (once opened)."""
         return None if self._record is None else self._record.instance_id
 
+    @property
+    def buffered(self) -> int:
+        """Items that already arrived from a remote instance: the next ``buffered`` reads
+        return without waiting (a relay can write them out together). 0 in process."""
+        src = self._src
+        return src.buffered if isinstance(src, RemoteStream) else 0
+
     def _check_context(self) -> None:
         ctx = self._ctx
         if ctx is not None:

@@ -182,12 +182,12 @@ class CapabilityApiServer:
         first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, call.chain))
         await event_stream(self._sse(first, rest, subject))(scope, receive, send)
 
-    async def _sse(self, first: bytes | None, rest: AsyncIterator[bytes], subject: str) -> AsyncIterator[bytes]:
+    async def _sse(self, first: bytes | None, rest: AsyncIterator[list[bytes]], subject: str) -> AsyncIterator[bytes]:
         try:
             if first is not None:
                 yield b"data: " + first + b"\n\n"
-            async for item in rest:
-                yield b"data: " + item + b"\n\n"
+            async for batch in rest:  # what arrived together is written together
+                yield b"".join([b"data: " + item + b"\n\n" for item in batch])
         except ServemeshError as exc:
             yield _ERROR_EVENT + self.kit.sse_error(exc, subject)
         finally:
