@@ -335,3 +335,25 @@ async def test_a_replica_registered_by_hand_is_served_over_grpc():
         failed = await http.post("/infer/json", headers={"X-Capability-Type": "chat", "X-Capability-Model": "demo"},
                                  json={"inputs": []})
         assert failed.status_code == 500  # the handler's IndexError, reported by the gRPC replica
+
+
+async def test_errors_of_a_delegate_come_back_to_the_original_caller():
+    front = App()
+
+    @front.capability(type="front")
+    def handler(request, context):
+        return context.delegate(capability={"type": "boom"})
+
+    @front.capability(type="front-stream", stream=True)
+    async def streamer(request, context, stream):
+        answer = await context.adelegate(capability={"type": "chat"})
+        await stream.send(answer)
+
+    async with api_server() as (api, url), replica(front, "rf", url), replica(make_app(), "rm", url), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        await until(lambda: len(api.router.replicas()) == 2)
+        failed = await http.post("/infer/json", headers={"X-Capability-Type": "front"}, json=TEXT)
+        assert failed.status_code == 500 and failed.json()["error"] == "KeyError: 'no such key'"
+        frames = sse((await http.post("/infer/stream", headers={"X-Capability-Type": "front-stream"}, json=TEXT)).text)
+        assert [text_of(d) for _, d in frames] == ["you said Hello"]
+        assert text_of(frames[0][1], "replica") == "rm"
