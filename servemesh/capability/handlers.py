@@ -61,11 +61,7 @@ class Runner:
         self._admit()
         self.inflight += 1
         try:
-            if spec.is_async:
-                request = ctx.request = decode(raw)
-                return encode(await _call(spec, request, ctx))
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, _in_thread, spec, raw, decode, ctx, encode)
+            return await self._unary_admitted(spec, raw, decode, ctx, encode)
         finally:
             self.inflight -= 1
 

@@ -66,8 +66,9 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     finally:
         listening = False
         timer.cancel()
-        if listener is not None:
+        if listener is not None:  # owned: cancelled and awaited
             listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
 
 
 async def _watch(receive: Receive, on_disconnect: Callable[[], None]) -> None:
