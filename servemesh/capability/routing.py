@@ -49,6 +49,9 @@ class CapabilityRouter:
         self._load: dict[int, int] = {}
         self._choice = LeastLoaded()
         self._seen: set[str] = set()
+        #: candidates by (labels, stream, excluded) while the live set stays the same
+        self._cache: dict[tuple[Any, ...], list[wire.ReplicaView]] = {}
+        self._cache_generation: int | None = None
 
     async def start(self) -> CapabilityRouter:
         self._unary = await self.runtime.endpoint(self.unary_path).client()
@@ -94,13 +97,28 @@ class CapabilityRouter:
                    exclude: Collection[str] = ()) -> list[wire.ReplicaView]:
         return [v for v in self.replicas() if v.replica_id not in exclude and v.serves(want, stream)]
 
+    def _candidates(self, want: Mapping[str, Any], stream: bool | None,
+                    exclude: Collection[str]) -> list[wire.ReplicaView]:
+        """``candidates``, remembered while the live set does not change (the hot path)."""
+        generation = self._unary.generation if self._unary is not None else None
+        if generation is None:
+            return self.candidates(want, stream, exclude)
+        if generation != self._cache_generation or len(self._cache) > 1024:
+            self._cache.clear()
+            self._cache_generation = generation
+        key = (tuple(want.items()), stream, tuple(exclude))
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self.candidates(want, stream, exclude)
+        return found
+
     def _choose(self, want: Mapping[str, Any], stream: bool, exclude: Collection[str],
                 tried: set[int]) -> wire.ReplicaView | None:
         """A unary call needs a unary handler; a stream prefers a streaming one, and takes
         a unary one (one response) when no replica streams."""
-        views = [v for v in self.candidates(want, stream, exclude) if v.instance_id not in tried]
+        views = [v for v in self._candidates(want, stream, exclude) if v.instance_id not in tried]
         if not views and stream:
-            views = [v for v in self.candidates(want, None, exclude) if v.instance_id not in tried]
+            views = [v for v in self._candidates(want, None, exclude) if v.instance_id not in tried]
         if not views:
             return None
         if len(views) == 1:

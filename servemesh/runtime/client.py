@@ -56,6 +56,7 @@ class Client:
         self._load: dict[int, int] = {}
         self._changed = asyncio.Event()
         self._watch: WatchHandle | None = None
+        self._generation = 0
 
     async def start(self) -> None:
         self._watch = await self.runtime.discovery.watch(self._prefix, self)
@@ -67,6 +68,7 @@ class Client:
 
     # -- WatchSink ----------------------------------------------------------------
     def on_put(self, record: InstanceRecord) -> None:
+        self._generation += 1
         if capabilities_match(record.capabilities, self.capabilities):
             self._instances[record.instance_id] = record
             self._quarantine.pop(record.instance_id, None)
@@ -79,6 +81,7 @@ class Client:
             iid = int(key.rsplit(":", 1)[1], 16)
         except (IndexError, ValueError):
             return
+        self._generation += 1
         self._instances.pop(iid, None)
         self._quarantine.pop(iid, None)
         self._connectors.pop(iid, None)
@@ -87,6 +90,13 @@ class Client:
     # -- the live set ---------------------------------------------------------------
     def instance_ids(self) -> list[int]:
         return sorted(self._live())
+
+    @property
+    def generation(self) -> int | None:
+        """A number that changes whenever the live set may have; ``None`` while an
+        instance is quarantined (the set then also changes with time). What a caller
+        derived from ``records()`` holds while this stays the same."""
+        return None if self._quarantine else self._generation
 
     def records(self) -> Mapping[int, InstanceRecord]:
         """The live matching records by instance id, as they are now (do not change it).
@@ -112,6 +122,7 @@ class Client:
         if instance_id in self._instances and instance_id not in self._quarantine:
             log.info("instance %x of %s unreachable; routing around it", instance_id, self.endpoint.path)
         self._quarantine[instance_id] = time.monotonic() + self.runtime.settings.lease_ttl
+        self._generation += 1
 
     async def wait_for_instances(self, timeout: float | None = None) -> list[int]:
         """Wait until at least one matching instance is live; ``NoInstancesError`` on timeout."""

@@ -98,6 +98,7 @@ class GatewayKit:
         #: requests admitted and not finished (streams until their last byte)
         self.inflight = 0
         self.metrics = GatewayMetrics()
+        self.metrics.inflight.set_function(lambda: self.inflight)  # read when scraped, not kept per request
         self.exempt: frozenset[str] = frozenset(OPS_ROUTES)
         #: the app ``install`` assembled
         self.app: FastAPI | None = None

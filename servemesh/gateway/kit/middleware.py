@@ -100,7 +100,6 @@ class KitMiddleware:
             return
         if admitted:
             kit.inflight += 1
-            kit.metrics.inflight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
@@ -111,7 +110,6 @@ class KitMiddleware:
         finally:
             if admitted:
                 kit.inflight -= 1
-                kit.metrics.inflight.dec()
             kit.metrics.observe(route_of(scope), status, time.perf_counter() - started)
 
     async def _respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:

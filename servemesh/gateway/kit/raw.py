@@ -104,7 +104,6 @@ class RawLane:
                 kit.metrics.observe(path, status, time.perf_counter() - started)
                 return
         kit.inflight += 1
-        kit.metrics.inflight.inc()
         try:
             body = await read_limited_body(scope, receive, send_with_id, kit.limits, kit.shape)
             if body is not None:
@@ -119,7 +118,6 @@ class RawLane:
             await self._respond(problem, scope, receive, send_with_id)
         finally:
             kit.inflight -= 1
-            kit.metrics.inflight.dec()
             kit.metrics.observe(path, status, time.perf_counter() - started)
 
     async def _respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
