@@ -54,7 +54,7 @@ class Registrar:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
         self.payload = payload
-        self.interval = interval
+        self.interval = self._configured = interval
         self.timeout = timeout
         self._api_key = api_key
         self._on_peers = on_peers
@@ -71,6 +71,9 @@ class Registrar:
                 self.registered = False
                 raise
         self.registered = True
+        ttl = answer.get("ttl")
+        if isinstance(ttl, (int, float)) and ttl > 0:  # heartbeat well within the server's TTL, whatever ours says
+            self.interval = min(self._configured, ttl / 3)
         peers = answer.get("peers")
         if self._on_peers is not None and isinstance(peers, list):
             records = []
