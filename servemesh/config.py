@@ -135,6 +135,24 @@ class Settings:
     #: seconds one object store operation may take.
     object_timeout: float = 30.0
 
+    # -- capability serving (docs/capability.md) -----------------------------------------
+    #: the runtime namespace capability replicas serve in (one per set of replicas and API servers).
+    capability_namespace: str = "capability"
+    #: seconds an API server keeps an HTTP registration without a heartbeat.
+    capability_ttl: float = 10.0
+    #: seconds between a replica's heartbeats to its API server (well under the TTL).
+    capability_heartbeat: float = 3.0
+    #: worker threads that run one replica's synchronous handlers (bounded; then queued).
+    capability_threads: int = 32
+    #: requests one replica takes at once, queued ones included (then it refuses: Overloaded).
+    capability_max_queue: int = 1024
+    #: requests one API server serves at once (then 429).
+    capability_max_inflight: int = 1024
+    #: the secret a replica registers with; re-registering its id from elsewhere needs it. None: random.
+    capability_token: str | None = None
+    #: most replicas one request may be delegated through (the chain's length).
+    delegation_max_depth: int = 4
+
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "nats", "memory"):
             raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp', 'nats' or 'memory', not {self.transport!r}")
@@ -145,16 +163,22 @@ class Settings:
                 f"SERVEMESH_ON_LEASE_LOST must be 'reregister' or 'exit', not {self.on_lease_lost!r}"
             )
         for name in ("lease_ttl", "max_payload", "stream_window", "stream_window_bytes", "max_concurrency",
-                     "http_max_body", "http_max_connections", "object_max_bytes"):
+                     "http_max_body", "http_max_connections", "object_max_bytes", "capability_threads",
+                     "capability_max_queue", "capability_max_inflight", "delegation_max_depth"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("drain_timeout", "connect_timeout", "request_timeout", "heartbeat_interval",
                      "heartbeat_timeout", "frame_timeout", "http_header_timeout", "http_body_timeout",
-                     "object_ttl", "object_gc_interval", "object_timeout"):
+                     "object_ttl", "object_gc_interval", "object_timeout", "capability_ttl", "capability_heartbeat"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         if self.instance_wait < 0:
             raise ConfigError(f"SERVEMESH_INSTANCE_WAIT must be 0 or more seconds, not {self.instance_wait}")
+        if self.capability_heartbeat >= self.capability_ttl:
+            raise ConfigError(f"SERVEMESH_CAPABILITY_HEARTBEAT ({self.capability_heartbeat} s) must be shorter than "
+                              f"SERVEMESH_CAPABILITY_TTL ({self.capability_ttl} s), or registrations expire between "
+                              "heartbeats")
+        check_name_setting("SERVEMESH_CAPABILITY_NAMESPACE", self.capability_namespace)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"SERVEMESH_PORT must be 0..65535, not {self.port}")
 
@@ -193,6 +217,11 @@ class Settings:
                 values["etcd"] = stack.get("etcd")
                 values.setdefault("nats", stack.get("nats"))
         return cls(**values)
+
+
+def check_name_setting(variable: str, value: str) -> None:
+    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "_-" for c in value):
+        raise ConfigError(f"{variable}={value!r} is invalid: use letters, digits, '_' and '-' only")
 
 
 def _parse(name: str, type_: Any, raw: str) -> Any:

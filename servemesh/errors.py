@@ -16,6 +16,9 @@
     ├── DeadlineExceeded        the request's deadline passed
     ├── ValidationError         the request failed the endpoint's validation (field)
     ├── Overloaded              the instance refused work because it is full
+    ├── CapabilityNotFound      no replica serves the labels asked for (wanted, available)
+    ├── DelegationRefused       a delegation would loop or go too deep (reason, chain, limit)
+    ├── RegistrationConflict    a replica id registered from elsewhere (replica_id, endpoint, registered)
     └── ObjectStoreError        the object store (servemesh.objects); as itself: closed or misused
         ├── InvalidObjectRef    (+ ValidationError) not a ref: a path, a URL, garbage
         ├── ObjectNotFound      expired, deleted or never stored (ref, expired)
@@ -240,6 +243,88 @@ class Overloaded(ServemeshError):
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
         return cls(str(fields.get("endpoint", "")), int(fields.get("limit", 0)))
+
+
+# -- capability serving (servemesh.capability) ------------------------------------------
+def _labels(labels: object) -> str:
+    """``{"type": "chat", "gpus": 2}`` as ``{type=chat, gpus=2}``: short, and the same
+    whatever the JSON encoder."""
+    if isinstance(labels, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in labels.items()) + "}"
+    return str(labels)
+
+
+class CapabilityNotFound(ServemeshError):
+    """No registered replica serves the capability asked for; ``available`` lists the
+    capabilities that do exist (each a label set)."""
+
+    kind = "capability_not_found"
+
+    def __init__(self, wanted: dict[str, Any], available: Sequence[dict[str, Any]] = ()) -> None:
+        self.wanted = dict(wanted)
+        self.available = [dict(a) for a in available]
+        if self.available:
+            have = ", ".join(_labels(a) for a in self.available)
+            tail = f"capabilities that exist: {have}"
+        else:
+            tail = "no replica is registered (start one with `servemesh serve module:app --api-server URL`)"
+        super().__init__(f"no replica serves capability {_labels(self.wanted)}; {tail}")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"wanted": self.wanted, "available": self.available}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        wanted = fields.get("wanted")
+        available = fields.get("available")
+        return cls(wanted if isinstance(wanted, dict) else {},
+                   [a for a in available if isinstance(a, dict)] if isinstance(available, list) else [])
+
+
+class DelegationRefused(ServemeshError):
+    """A delegation that would go back to a replica already in the chain (``reason``
+    ``"loop"``) or beyond the depth limit (``"depth"``)."""
+
+    kind = "delegation_refused"
+
+    def __init__(self, reason: str, chain: Sequence[str], limit: int = 0, wanted: dict[str, Any] | None = None) -> None:
+        self.reason = reason
+        self.chain = list(chain)
+        self.limit = limit
+        self.wanted = dict(wanted) if wanted else None
+        path = " -> ".join(self.chain) or "(none)"
+        what = f" of capability {_labels(self.wanted)}" if self.wanted else ""
+        if reason == "loop":
+            text = (f"delegation{what} refused: every replica that serves it is already in the chain {path} "
+                    "(a loop)")
+        else:
+            text = (f"delegation{what} refused: the chain {path} is at the depth limit of {limit} "
+                    "(SERVEMESH_DELEGATION_MAX_DEPTH)")
+        super().__init__(text)
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason, "chain": self.chain, "limit": self.limit, "wanted": self.wanted}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        chain = fields.get("chain")
+        wanted = fields.get("wanted")
+        return cls(str(fields.get("reason", "")), [str(c) for c in chain] if isinstance(chain, list) else [],
+                   int(fields.get("limit") or 0), wanted if isinstance(wanted, dict) else None)
+
+
+class RegistrationConflict(ServemeshError):
+    """A replica id is registered from another endpoint, and the new registration does not
+    carry its token. Raised by an API server; it never crosses the request plane."""
+
+    def __init__(self, replica_id: str, endpoint: str, registered: str) -> None:
+        self.replica_id = replica_id
+        self.endpoint = endpoint
+        self.registered = registered
+        super().__init__(
+            f"replica {replica_id!r} is registered from {registered}, not {endpoint}: re-register it with the "
+            "token it registered with, unregister it first, or wait until its registration expires"
+        )
 
 
 # -- the object store (servemesh.objects) ------------------------------------------------

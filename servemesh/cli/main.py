@@ -202,6 +202,16 @@ def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, modu
         _fail(str(exc))
 
 
+def _capability_commands() -> None:
+    from .capability import api_server, serve
+
+    app.command("serve")(serve)
+    app.command("api-server")(api_server)
+
+
+_capability_commands()
+
+
 def main() -> None:
     app()
 

@@ -116,5 +116,42 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, guarded_send)
 
     async def _too_large(self, send: Send, limit: int) -> None:
-        await send_error(send, self.shape, 413, f"the request body exceeds the limit of {limit} bytes "
-                         "(SERVEMESH_HTTP_MAX_BODY)", "invalid_request_error", "request_too_large")
+        await _too_large(send, self.shape, limit)
+
+
+async def read_limited_body(scope: Scope, receive: Receive, send: Send, limits: HttpLimits,
+                            shape: Shape = plain_shape) -> bytes | None:
+    """The whole request body under :class:`BodyLimitMiddleware`'s rules, for a handler
+    that reads the body itself (the kit's raw routes); ``None`` when the request was
+    refused (and answered here) or the client left."""
+    limit = limits.max_body
+    declared = declared_length(scope)
+    if declared is not None and declared > limit:
+        await _too_large(send, shape, limit)
+        return None
+    parts: list[bytes] = []
+    received = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    await _too_large(send, shape, limit)
+                    return None
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        await send_error(send, shape, 408, f"the request body did not arrive within {limits.body_timeout:g} s",
+                         "invalid_request_error", "request_timeout", close=True)
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _too_large(send: Send, shape: Shape, limit: int) -> None:
+    await send_error(send, shape, 413, f"the request body exceeds the limit of {limit} bytes "
+                     "(SERVEMESH_HTTP_MAX_BODY)", "invalid_request_error", "request_too_large")

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..errors import (
@@ -57,6 +57,7 @@ class Client:
         self._load: dict[int, int] = {}
         self._changed = asyncio.Event()
         self._watch: WatchHandle | None = None
+        self._generation = 0
 
     async def start(self) -> None:
         self._watch = await self.runtime.discovery.watch(self._prefix, self)
@@ -68,6 +69,7 @@ class Client:
 
     # -- WatchSink ----------------------------------------------------------------
     def on_put(self, record: InstanceRecord) -> None:
+        self._generation += 1
         if capabilities_match(record.capabilities, self.capabilities):
             self._instances[record.instance_id] = record
             self._quarantine.pop(record.instance_id, None)
@@ -80,6 +82,7 @@ class Client:
             iid = int(key.rsplit(":", 1)[1], 16)
         except (IndexError, ValueError):
             return
+        self._generation += 1
         self._instances.pop(iid, None)
         self._quarantine.pop(iid, None)
         self._connectors.pop(iid, None)
@@ -88,6 +91,18 @@ class Client:
     # -- the live set ---------------------------------------------------------------
     def instance_ids(self) -> list[int]:
         return sorted(self._live())
+
+    @property
+    def generation(self) -> int | None:
+        """A number that changes whenever the live set may have; ``None`` while an
+        instance is quarantined (the set then also changes with time). What a caller
+        derived from ``records()`` holds while this stays the same."""
+        return None if self._quarantine else self._generation
+
+    def records(self) -> Mapping[int, InstanceRecord]:
+        """The live matching records by instance id, as they are now (do not change it).
+        For callers that route themselves and then call ``direct``."""
+        return self._live()
 
     def instances(self) -> list[InstanceInfo]:
         return [InstanceInfo(r.instance_id, dict(r.transport), dict(r.capabilities))
@@ -108,6 +123,7 @@ class Client:
         if instance_id in self._instances and instance_id not in self._quarantine:
             log.info("instance %x of %s unreachable; routing around it", instance_id, self.endpoint.path)
         self._quarantine[instance_id] = time.monotonic() + self.runtime.settings.lease_ttl
+        self._generation += 1
 
     async def wait_for_instances(self, timeout: float | None = None) -> list[int]:
         """Wait until at least one matching instance is live; ``NoInstancesError`` on timeout."""
@@ -160,6 +176,41 @@ class Client:
                annotated: bool = True) -> ResponseStream:
         """Send to one instance; no failover."""
         return ResponseStream(self, request, context, annotated, self._router, instance_id)
+
+    async def one(self, request: Any, instance_id: int, *, context: Context | None = None) -> Any:
+        """The one item of a unary call to one instance (its data), with the least
+        machinery: no stream object, no failover (for callers that route themselves).
+        Raises what the instance raised (``InstanceUnavailable`` / ``Overloaded`` when it
+        refused), ``StopAsyncIteration`` if it sent nothing. Cancelling the caller's task,
+        or stopping ``context``, cancels the call; the instance enforces the deadline."""
+        record = self._instances.get(instance_id)
+        if record is None:
+            raise NoInstancesError(f"{self.endpoint.path} (instance {instance_id:x})", [])
+        if context is not None:
+            if context.is_stopped():
+                raise Cancelled(f"context {context.id} was stopped before calling {self.endpoint.path}")
+            if context.expired():
+                raise DeadlineExceeded(f"deadline passed before calling {self.endpoint.path}")
+        connector = self._connector(record)
+        src = connector.open_nowait(record, request, context) or await connector.open(record, request, context)
+        load = self._load
+        load[instance_id] = load.get(instance_id, 0) + 1
+        unlink = None if context is None else context.on_stop(
+            lambda: src.interrupt(Cancelled(f"request {context.id} was stopped")))
+        try:
+            if src.refusable:
+                return (await cast(RemoteStream, src).next()).data
+            items = src.items(DATA)  # in process: the serving path's own generator
+            try:
+                return await items.__anext__()
+            finally:
+                await items.aclose()
+        finally:
+            if unlink is not None:
+                unlink()
+            if not src.finished:
+                src.cancel()
+            self._release(instance_id)
 
     def _choose(self, router: Router, exclude: set[int] | None, pinned: int | None) -> InstanceRecord | None:
         live = self._live()
@@ -274,6 +325,13 @@ class ResponseStream:
     def instance_id(self) -> int | None:
         """The instance serving this stream (once opened)."""
         return None if self._record is None else self._record.instance_id
+
+    @property
+    def buffered(self) -> int:
+        """Items that already arrived from a remote instance: the next ``buffered`` reads
+        return without waiting (a relay can write them out together). 0 in process."""
+        src = self._src
+        return src.buffered if isinstance(src, RemoteStream) else 0
 
     def _check_context(self) -> None:
         ctx = self._ctx

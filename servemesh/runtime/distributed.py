@@ -162,6 +162,10 @@ class DistributedRuntime:
     def is_stopping(self) -> bool:
         return self._draining.is_set()
 
+    async def wait_draining(self) -> None:
+        """Return once a shutdown began (the runtime leaves discovery, then drains)."""
+        await self._draining.wait()
+
     async def wait_stopped(self) -> None:
         """Return once the runtime has stopped and its shutdown task has ended."""
         await self._stopped.wait()

@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from ..errors import (
     Cancelled,
+    CapabilityNotFound,
     ConfigError,
     DeadlineExceeded,
+    DelegationRefused,
     DiscoveryError,
     FrameTooLarge,
     InstanceUnavailable,
@@ -38,13 +40,15 @@ from ..errors import (
 
 Kind = Literal["remote", "validation", "serialization", "no_instances", "unavailable", "incomplete",
                "overloaded", "cancelled", "deadline", "protocol", "frame_too_large", "config",
-               "discovery", "object_not_found", "object_too_large", "object_store_unavailable", "internal"]
+               "discovery", "object_not_found", "object_too_large", "object_store_unavailable",
+               "capability_not_found", "delegation_refused", "internal"]
 
 KINDS: dict[str, type[ServemeshError]] = {
     cls.kind: cls for cls in (
         RemoteError, ValidationError, SerializationError, NoInstancesError, InstanceUnavailable,
         StreamIncomplete, Overloaded, Cancelled, DeadlineExceeded, ProtocolError, FrameTooLarge,
-        ConfigError, DiscoveryError, ObjectNotFound, ObjectTooLarge, ObjectStoreUnavailable, ServemeshError,
+        ConfigError, DiscoveryError, ObjectNotFound, ObjectTooLarge, ObjectStoreUnavailable, CapabilityNotFound,
+        DelegationRefused, ServemeshError,
     )
 }
 assert set(KINDS) == set(Kind.__args__), "errortable: Kind and KINDS disagree"  # type: ignore[attr-defined]

@@ -40,6 +40,11 @@ class RequestPlane:
         #: asked in this order: this process's own endpoints first
         self.connectors: list[Connector] = list(self.transports.values())
 
+    def add_connector(self, connector: Connector) -> None:
+        """Reach records of a kind the built-in transports do not (e.g. gRPC replicas of the
+        capability API); asked after this process's own endpoints, before the others."""
+        self.connectors.insert(1, connector)
+
     def connector(self, record: InstanceRecord) -> Connector:
         for connector in self.connectors:
             if connector.accepts(record):

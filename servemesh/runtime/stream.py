@@ -172,3 +172,8 @@ class RemoteStream:
     @property
     def finished(self) -> bool:
         return self._done is not None
+
+    @property
+    def buffered(self) -> int:
+        """Items that arrived and wait to be read (reading them does not wait)."""
+        return len(self._items)

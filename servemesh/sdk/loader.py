@@ -15,7 +15,7 @@ from .spec import SERVICE_ATTR
 def load_services(target: str) -> list[type]:
     """``file.py``, ``file.py:Class``, ``package.module`` or ``package.module:Class``."""
     where, _, attr = target.partition(":") if not _is_windows_drive(target) else (target, "", "")
-    module = _load(where)
+    module = load_module(where)
     if attr:
         found = getattr(module, attr, None)
         if found is None:
@@ -30,7 +30,9 @@ def load_services(target: str) -> list[type]:
     return classes
 
 
-def _load(where: str) -> ModuleType:
+def load_module(where: str) -> ModuleType:
+    """A module by file path (``dir/app.py``, its directory put on ``sys.path``) or by name
+    (``package.module``, found from the current directory too)."""
     path = Path(where)
     if where.endswith(".py") or path.is_file():
         if not path.is_file():

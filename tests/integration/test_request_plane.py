@@ -285,3 +285,58 @@ async def test_a_parked_in_process_handler_is_closed_when_its_context_stops(clea
         assert rt.metrics.endpoint("p.c.gen").outcomes == {"cancelled": 1}
         rt.request_shutdown()
         await task
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp", "inproc"])
+async def test_client_one_is_a_unary_call_without_a_stream_object(transport):
+    """``Client.one``: routed by the caller, the same answers and errors as ``direct``."""
+    store = MemoryStore()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def echo(request: dict) -> dict:
+        if request.get("fail"):
+            raise KeyError("nope")
+        if request.get("wait"):
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                stopped.set()
+                raise
+        return {"echo": request}
+
+    if transport == "inproc":
+        server = caller = DistributedRuntime()
+    else:
+        server, caller = runtimes(store, 2, max_concurrency=2) if transport == "memory" else [
+            DistributedRuntime(discovery=MemoryDiscovery(store), transport="tcp", max_concurrency=2)
+            for _ in range(2)]
+    async with server, caller:
+        task = asyncio.create_task(server.endpoint("o.w.echo").serve_endpoint(echo))
+        await server.wait_served("o.w.echo")
+        client = await caller.endpoint("o.w.echo").client()
+        (iid,) = await client.wait_for_instances(5)
+        assert await client.one({"x": 1}, iid) == {"echo": {"x": 1}}
+        with pytest.raises(RemoteError) as failed:
+            await client.one({"fail": True}, iid)
+        assert failed.value.remote_type == "KeyError"
+        with pytest.raises(NoInstancesError):
+            await client.one({}, iid + 1)
+        ctx = Context()
+        ctx.stop_generating()
+        with pytest.raises(Cancelled):
+            await client.one({}, iid, context=ctx)
+        call = asyncio.create_task(client.one({"wait": True}, iid))
+        await asyncio.wait_for(started.wait(), 5)
+        call.cancel()  # the caller leaves: the handler is cancelled
+        await asyncio.gather(call, return_exceptions=True)
+        await asyncio.wait_for(stopped.wait(), 5)
+        started.clear()
+        ctx = Context()
+        call = asyncio.create_task(client.one({"wait": True}, iid, context=ctx))
+        await asyncio.wait_for(started.wait(), 5)
+        ctx.stop_generating()
+        with pytest.raises(Cancelled):
+            await call
+        server.request_shutdown()
+        await task

@@ -35,6 +35,7 @@ def imported_modules(path: Path) -> set[str]:
     ("tensors", ("servemesh.runtime", "servemesh.sdk", "servemesh.gateway", "servemesh.llm", "servemesh.apps",
                  "servemesh.objects")),
     ("llm", ("servemesh.gateway", "servemesh.apps")),
+    ("capability", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm")),
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("gateway", ("servemesh.apps",)),
 ])

@@ -24,6 +24,9 @@ SAMPLES = [
     errors.ObjectNotFound("obj-" + "0" * 64, expired=True),
     errors.ObjectTooLarge(200, 100, "obj-" + "0" * 64),
     errors.ObjectStoreUnavailable("nats://h:4222 bucket b", "no answer within 30 s"),
+    errors.CapabilityNotFound({"type": "x"}, [{"type": "chat", "model": "demo"}]),
+    errors.DelegationRefused("loop", ["r-a", "r-b"], 4, {"type": "a"}),
+    errors.DelegationRefused("depth", ["r-a"], 1),
     errors.ServemeshError("something"),
 ]
 

@@ -297,3 +297,59 @@ def test_api_keys_from_settings(tmp_path):
     assert not ApiKeys.from_settings(Settings()).enabled
     with pytest.raises(ConfigError):
         ApiKeys.from_settings(Settings(api_key=" , "))
+
+
+# -- what the capability surface added -------------------------------------------------------------
+def test_capability_errors_have_their_statuses_and_details():
+    from servemesh.errors import CapabilityNotFound, DelegationRefused, RegistrationConflict
+
+    missing = describe(CapabilityNotFound({"type": "x"}, [{"type": "chat"}]))
+    assert missing.status == 404 and missing.code == "capability_not_found"
+    assert missing.details == {"capability": {"type": "x"}, "available": [{"type": "chat"}]}
+    assert "type=x" in missing.message and "type=chat" in missing.message
+    loop = describe(DelegationRefused("loop", ["a", "b"], 4))
+    assert loop.status == 508 and loop.details == {"chain": ["a", "b"], "reason": "loop"}
+    assert describe(RegistrationConflict("r", "h:2", "h:1")).status == 409
+    body = missing.body(lambda status, message, type, code, param: {"error": message, "code": code})
+    assert body["available"] == [{"type": "chat"}] and body["code"] == "capability_not_found"
+
+
+def test_handler_errors_are_shown_only_where_the_surface_asks():
+    exc = RemoteError("KeyError", "'x'", "capability.replica.infer")
+    assert describe(exc).message == "internal error"
+    shown = describe(exc, handler_errors=True)
+    assert shown.status == 500 and shown.message == "KeyError: 'x'" and shown.details == {"error_type": "KeyError"}
+    assert "capability.replica" not in shown.message
+
+
+async def test_raw_routes_run_under_the_kits_middleware():
+    from servemesh.gateway.kit.raw import send_bytes
+
+    async with DistributedRuntime(api_key="k", http_max_body=16) as rt:
+        kit = GatewayKit(rt, "test", shape=openai_error, max_inflight=1)
+
+        async def fast(scope, body, receive, send):
+            if body == b"fail":
+                kit.about_scope(scope, "the thing")
+                raise NoInstancesError("ns.c.e")
+            await send_bytes(send, 200, body[::-1])
+
+        kit.install(FastAPI(), raw_routes={("POST", "/fast"): fast})
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(kit.asgi, raise_app_exceptions=False),
+                                     base_url="http://t", headers={"Authorization": "Bearer k"}) as http:
+            ok = await http.post("/fast", content=b"abc", headers={"X-Request-Id": "r-1"})
+            assert ok.status_code == 200 and ok.content == b"cba" and ok.headers["x-request-id"] == "r-1"
+            failed = await http.post("/fast", content=b"fail")
+            assert failed.status_code == 503
+            assert failed.json()["error"]["message"] == "no live replica for the thing; retry later"
+            assert (await http.get("/fast")).status_code == 405
+            assert (await http.post("/fast", content=b"x", headers={"Authorization": ""})).status_code == 401
+            too_big = await http.post("/fast", content=b"x" * 17)
+            assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+            kit.inflight = 1  # as if one request were in flight
+            over = await http.post("/fast", content=b"x")
+            assert over.status_code == 429 and over.headers["retry-after"] == "1" and over.headers["x-request-id"]
+            kit.inflight = 0
+            metrics = (await http.get("/metrics")).text
+            assert 'servemesh_http_requests_total{route="/fast",status="200"} 1.0' in metrics
+            assert 'servemesh_http_requests_total{route="/fast",status="503"} 1.0' in metrics

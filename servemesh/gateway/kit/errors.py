@@ -2,11 +2,12 @@
 
 ::
 
-    describe(exc) -> Problem(status, message, type, code, param, retry_after)
+    describe(exc) -> Problem(status, message, type, code, param, retry_after, details)
 
     ApiError (a surface's own refusal)      its status
     ValidationError, SerializationError      400
-    ObjectNotFound                           404
+    ObjectNotFound, CapabilityNotFound       404
+    RegistrationConflict                     409
     ObjectTooLarge                           413
     Overloaded                               429 + Retry-After
     NoInstancesError, InstanceUnavailable,
@@ -14,6 +15,7 @@
     StreamIncomplete                         502
     DeadlineExceeded                         504
     Cancelled                                499
+    DelegationRefused                        508 (Loop Detected)
     RemoteError, any other ServemeshError    500
     anything else                            500
 
@@ -21,7 +23,10 @@ Messages are for the client: errors that carry internal names, addresses or
 instance ids (``NoInstancesError``, ``InstanceUnavailable``, ``StreamIncomplete``,
 ``RemoteError``, ...) get a generic text about the request's ``subject`` ("no live
 replica for model 'm'; retry later"), unless ``debug`` (``SERVEMESH_DEBUG_ERRORS``).
-The full text goes to the gateway's log.
+The full text goes to the gateway's log. A surface whose handlers are the user's own
+code (the capability API) passes ``handler_errors=True``: a ``RemoteError`` then shows
+the handler's exception type and message (never a traceback, never the endpoint), and
+a ``ConfigError`` (a handler's misuse of its context) its message.
 
 Classes are matched with ``isinstance`` only: the runtime keeps an error's class
 across hops, so a ``NoInstancesError`` raised three processes away is still one
@@ -32,17 +37,22 @@ a problem into its body (OpenAI: ``{"error": {...}}``, KServe: ``{"error": "..."
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from ...errors import (
     Cancelled,
+    CapabilityNotFound,
+    ConfigError,
     DeadlineExceeded,
+    DelegationRefused,
     InstanceUnavailable,
     NoInstancesError,
     ObjectNotFound,
     ObjectStoreUnavailable,
     ObjectTooLarge,
     Overloaded,
+    RegistrationConflict,
     RemoteError,
     SerializationError,
     ServemeshError,
@@ -67,12 +77,17 @@ class Problem:
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None
+    #: structured fields added to a JSON object body (the capability asked for, the ones that exist)
+    details: Mapping[str, Any] | None = None
 
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def body(self, shape: Shape) -> Any:
-        return shape(self.status, self.message, self.type, self.code, self.param)
+        body = shape(self.status, self.message, self.type, self.code, self.param)
+        if self.details and isinstance(body, dict):
+            body = {**self.details, **body}
+        return body
 
 
 class ApiError(Exception):
@@ -80,15 +95,19 @@ class ApiError(Exception):
     option). Only gateway code raises it; workers raise servemesh errors."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None, retry_after: int | None = None) -> None:
+                 code: str | None = None, param: str | None = None, retry_after: int | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.problem = Problem(status, message, type, code, param, retry_after)
+        self.problem = Problem(status, message, type, code, param, retry_after, details)
 
 
 # (class, status, type, code): the first match wins, so subclasses come first
 _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ValidationError, 400, "invalid_request_error", "invalid_value"),
     (ObjectNotFound, 404, "not_found_error", "object_not_found"),
+    (CapabilityNotFound, 404, "not_found_error", "capability_not_found"),
+    (RegistrationConflict, 409, "conflict_error", "registration_conflict"),
+    (DelegationRefused, 508, "delegation_error", "delegation_refused"),
     (ObjectTooLarge, 413, "invalid_request_error", "object_too_large"),
     (ObjectStoreUnavailable, 503, "service_unavailable", "object_store_unavailable"),
     (SerializationError, 400, "invalid_request_error", "unserializable"),
@@ -103,23 +122,41 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
 )
 
 
-def describe(exc: BaseException, *, debug: bool = False, subject: str | None = None) -> Problem:
+def describe(exc: BaseException, *, debug: bool = False, subject: str | None = None,
+             handler_errors: bool = False) -> Problem:
     """The HTTP meaning of ``exc`` (any exception; unknown ones are a 500). ``subject``
-    names what the request was for ("model 'm'") in messages that hide internals."""
+    names what the request was for ("model 'm'") in messages that hide internals;
+    ``handler_errors`` shows a ``RemoteError``'s exception type and message."""
     if isinstance(exc, ApiError):
         return exc.problem
     for cls, status, type_, code in _TABLE:
         if isinstance(exc, cls):
             param = exc.field if isinstance(exc, ValidationError) else None
             retry = RETRY_AFTER if status == 429 else None
-            message = str(exc) if debug else _public(exc, subject)
-            return Problem(status, message, type_, code, param, retry)
+            message = str(exc) if debug else _public(exc, subject, handler_errors)
+            return Problem(status, message, type_, code, param, retry, _details(exc, handler_errors))
     return Problem(500, str(exc) if debug else "internal error", "internal_error", "internal_error")
 
 
-def _public(exc: BaseException, subject: str | None) -> str:
+def _details(exc: BaseException, handler_errors: bool) -> dict[str, Any] | None:
+    if isinstance(exc, CapabilityNotFound):
+        return {"capability": exc.wanted, "available": exc.available}
+    if isinstance(exc, DelegationRefused):
+        return {"chain": exc.chain, "reason": exc.reason}
+    if isinstance(exc, RemoteError) and handler_errors:
+        return {"error_type": exc.remote_type}
+    return None
+
+
+def _public(exc: BaseException, subject: str | None, handler_errors: bool = False) -> str:
     """``exc``'s message for clients: no endpoint paths, addresses or instance ids."""
     about = f" for {subject}" if subject else ""
+    if isinstance(exc, RemoteError) and handler_errors:
+        return f"{exc.remote_type}: {exc.message}"
+    if isinstance(exc, ConfigError) and handler_errors:
+        return str(exc)  # a handler's misuse of its context (say, a blocking call on the loop)
+    if isinstance(exc, (CapabilityNotFound, DelegationRefused, RegistrationConflict)):
+        return str(exc)  # labels and replica ids, as /registry shows them: nothing internal
     if isinstance(exc, ValidationError):
         return f"{exc.field}: {exc.message}" if exc.field else exc.message
     if isinstance(exc, Overloaded):

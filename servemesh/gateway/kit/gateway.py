@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from ...errors import ConfigError, ServemeshError
 from ...http import ApiKeys, AuthMiddleware, BodyLimitMiddleware, HttpLimits, HttpServer
@@ -37,6 +38,7 @@ from .errors import ApiError, Problem, Shape, describe
 from .metrics import PROMETHEUS, GatewayMetrics
 from .middleware import KitMiddleware, request_id_of
 from .openapi import document_errors
+from .raw import Endpoint, RawHandler, RawLane
 from .sse import event
 
 log = logging.getLogger("servemesh.gateway")
@@ -65,12 +67,16 @@ class GatewayKit:
     ``shape`` writes the surface's error bodies and ``error_model`` documents them in
     the OpenAPI document. ``ready`` says whether requests would be served now (``/ready``); ``info`` adds
     fields to the ``/health`` and ``/ready`` bodies. Requests beyond ``max_inflight``
-    (the kit's routes and the API docs excepted) get a 429 with ``Retry-After``."""
+    (the kit's routes and the API docs excepted) get a 429 with ``Retry-After``.
+    ``handler_errors`` shows handlers' exception types and messages in error bodies (for
+    surfaces whose handlers are the user's own code); ``healthy`` is the ``status`` of a
+    healthy ``/health``."""
 
     def __init__(self, runtime: DistributedRuntime, name: str, *, shape: Shape = plain_shape,
                  error_model: type[BaseModel] = PlainError, max_inflight: int = 256,
                  ready: Callable[[], bool] | None = None,
-                 info: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 info: Callable[[], Mapping[str, Any]] | None = None, handler_errors: bool = False,
+                 healthy: str = "ok") -> None:
         if max_inflight < 1:
             raise ConfigError(f"max_inflight of the {name} gateway must be at least 1, not {max_inflight}")
         settings = runtime.settings
@@ -85,12 +91,19 @@ class GatewayKit:
         self.debug_errors = settings.debug_errors
         self._ready = ready
         self._info = info
+        #: show a handler's exception type and message in error bodies (``describe``)
+        self.handler_errors = handler_errors
+        #: the ``status`` of a healthy ``/health`` body ("ok"; AnyServe's clients expect "healthy")
+        self.healthy = healthy
         #: requests admitted and not finished (streams until their last byte)
         self.inflight = 0
         self.metrics = GatewayMetrics()
+        self.metrics.inflight.set_function(lambda: self.inflight)  # read when scraped, not kept per request
         self.exempt: frozenset[str] = frozenset(OPS_ROUTES)
         #: the app ``install`` assembled
         self.app: FastAPI | None = None
+        #: what the server serves: ``app``, behind the raw routes if there are any
+        self.asgi: Any = None
 
     @property
     def registry(self) -> Any:
@@ -98,8 +111,12 @@ class GatewayKit:
         return self.metrics.registry
 
     # -- assembling an app ------------------------------------------------------------------
-    def install(self, app: FastAPI) -> FastAPI:
-        """Add the kit's routes, exception handlers and middleware to ``app``."""
+    def install(self, app: FastAPI, raw_routes: Mapping[tuple[str, str], RawHandler] | None = None) -> FastAPI:
+        """Add the kit's routes, exception handlers and middleware to ``app``.
+
+        ``raw_routes`` (``{("POST", "/path"): handler}``) are ASGI handlers served with the
+        kit's rules applied inline and without FastAPI's layers (``kit.raw``); the server
+        (``http_server``) serves ``kit.asgi``, which routes to them and to ``app``."""
         app.add_api_route("/health", self._health, methods=["GET"], include_in_schema=False)
         app.add_api_route("/live", self._live, methods=["GET"], include_in_schema=False)
         app.add_api_route("/ready", self._ready_route, methods=["GET"], include_in_schema=False)
@@ -117,13 +134,19 @@ class GatewayKit:
         docs = (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url)
         self.exempt = frozenset((*OPS_ROUTES, *(p for p in docs if p)))
         self.app = app
+        self.asgi = app
+        if raw_routes:
+            for (method, path), handler in raw_routes.items():
+                app.router.add_route(path, Endpoint(handler), methods=[method],  # type: ignore[arg-type]
+                                     include_in_schema=False)
+            self.asgi = RawLane(app, self, raw_routes)
         return app
 
     def http_server(self, host: str, port: int) -> HttpServer:
         """The installed app on ``host:port`` with the socket's limits, refusing in this surface's shape."""
         if self.app is None:
             raise ConfigError(f"the {self.name} gateway has no app yet: call kit.install(app) first")
-        return HttpServer(self.app, host, port, limits=self.limits, shape=self.shape)
+        return HttpServer(self.asgi, host, port, limits=self.limits, shape=self.shape)
 
     # -- for the surface's handlers -----------------------------------------------------------
     def request_id(self, request: Request) -> str:
@@ -135,6 +158,15 @@ class GatewayKit:
         """The runtime context for the calls a request makes; its id is the request id."""
         return Context(id=self.request_id(request), timeout=timeout)
 
+    def scope_context(self, scope: Scope, *, timeout: float | None = None) -> Context:
+        """``context`` for a raw route (``scope`` rather than a ``Request``)."""
+        rid = scope.get("state", {}).get("request_id")
+        return Context(id=rid if isinstance(rid, str) else request_id_of(scope), timeout=timeout)
+
+    def about_scope(self, scope: Scope, subject: str) -> None:
+        """``about`` for a raw route."""
+        scope.setdefault("state", {})["subject"] = subject
+
     def about(self, request: Request, subject: str) -> None:
         """Name what ``request`` is for ("model 'm'"): error messages that hide internals use it."""
         request.state.subject = subject
@@ -145,7 +177,7 @@ class GatewayKit:
         return await unless_disconnected(request.receive, work)
 
     def describe(self, exc: BaseException, subject: str | None = None) -> Problem:
-        return describe(exc, debug=self.debug_errors, subject=subject)
+        return describe(exc, debug=self.debug_errors, subject=subject, handler_errors=self.handler_errors)
 
     def error_response(self, exc: BaseException, subject: str | None = None) -> JSONResponse:
         """``exc`` as an HTTP response in the surface's shape."""
@@ -169,7 +201,7 @@ class GatewayKit:
 
     async def _health(self) -> JSONResponse:
         ok = not self.runtime.is_stopping
-        body = {"status": "ok" if ok else "stopping", "gateway": self.name, "inflight": self.inflight,
+        body = {"status": self.healthy if ok else "stopping", "gateway": self.name, "inflight": self.inflight,
                 **self._info_fields()}
         return JSONResponse(body, status_code=200 if ok else 503)
 

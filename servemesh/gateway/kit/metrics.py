@@ -6,6 +6,8 @@ this registry followed by the runtime's per-endpoint metrics.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,10 +26,17 @@ class GatewayMetrics:
         self.duration = Histogram("servemesh_http_request_duration_seconds",
                                   "HTTP request duration, to the end of the response body", ["route"],
                                   buckets=BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups are not free: one per (route, status), ever
+            if len(self._children) > 4096:
+                self._children.clear()
+            children = self._children[key] = (self.requests.labels(route, str(status)), self.duration.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

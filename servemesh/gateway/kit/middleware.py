@@ -7,6 +7,7 @@ only wraps ``send`` to stamp the request id and see the status.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -36,7 +37,19 @@ def request_id_of(scope: Scope) -> str:
             if _VALID_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+_ids = itertools.count(1)
+_prefix: list[str] = []
+
+
+def new_request_id() -> str:
+    """A process-unique id (a random prefix per process and a counter): cheaper than a
+    uuid4 on every request, and as good for finding a request in the logs."""
+    if not _prefix:
+        _prefix.append(uuid.uuid4().hex[:16])
+    return f"{_prefix[0]}{next(_ids):06x}"
 
 
 def route_of(scope: Scope) -> str:
@@ -87,7 +100,6 @@ class KitMiddleware:
             return
         if admitted:
             kit.inflight += 1
-            kit.metrics.inflight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
@@ -98,7 +110,6 @@ class KitMiddleware:
         finally:
             if admitted:
                 kit.inflight -= 1
-                kit.metrics.inflight.dec()
             kit.metrics.observe(route_of(scope), status, time.perf_counter() - started)
 
     async def _respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
