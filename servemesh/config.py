@@ -66,7 +66,7 @@ class Settings:
     max_concurrency: int = 4096
     #: frames a TCP request-plane connection queues before writing them (it also writes at the
     #: end of every event-loop turn); ``None``: 32. Fewer lets the peer start on a burst
-    #: sooner, at the cost of more system calls (capability processes use 4).
+    #: sooner, at the cost of more system calls (capability API servers use 4).
     flush_frames: int | None = None
     #: where ``servemesh up`` records the local etcd / nats-server.
     state_dir: str = field(default_factory=_default_state_dir)

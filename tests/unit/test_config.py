@@ -55,5 +55,5 @@ def test_capability_settings_and_their_flush_default(tmp_path):
     s = Settings.from_env({"SERVEMESH_STATE_DIR": str(tmp_path), "SERVEMESH_CAPABILITY_TTL": "4",
                            "SERVEMESH_CAPABILITY_TOKEN": "secret", "SERVEMESH_DELEGATION_MAX_DEPTH": "2"})
     assert (s.capability_ttl, s.capability_token, s.delegation_max_depth, s.flush_frames) == (4.0, "secret", 2, None)
-    assert tuned(s).flush_frames == FLUSH_FRAMES  # capability processes slice bursts
+    assert tuned(s).flush_frames == FLUSH_FRAMES  # API servers slice bursts
     assert tuned(s.replace(flush_frames=16)).flush_frames == 16  # unless told otherwise
