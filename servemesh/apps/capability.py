@@ -35,10 +35,22 @@ from ..runtime.discovery.overlay import OverlayDiscovery
 log = logging.getLogger("servemesh.capability")
 
 
+#: request-plane frames an API server queues before writing them: a burst of requests
+#: reaches the replicas in slices, so they work while the API server still reads the rest
+#: (about 25% more /infer/json at c=32 on two cores than with the default of 32; replicas
+#: keep 32, which suits their streamed answers)
+FLUSH_FRAMES = 4
+
+
+def tuned(settings: Settings) -> Settings:
+    return settings if settings.flush_frames is not None else settings.replace(flush_frames=FLUSH_FRAMES)
+
+
 # -- the API server ---------------------------------------------------------------------------
 def api_server_runtime(settings: Settings) -> tuple[DistributedRuntime, MemoryStore]:
     """A runtime for an API server, and the store its HTTP registrations go to (beside
     etcd when there is one)."""
+    settings = tuned(settings)
     store = MemoryStore()
     if settings.etcd:
         from ..runtime.discovery.etcd import EtcdDiscovery

@@ -66,15 +66,18 @@ class PartialBudget:
 
 class FramedProtocol(asyncio.Protocol, abc.ABC):
     """Buffers outgoing frames and writes them at the end of the loop iteration, or
-    sooner once ``FLUSH_FRAMES`` frames or ``FLUSH_BYTES`` bytes wait: many small
+    sooner once ``flush_frames`` frames (``FLUSH_FRAMES`` unless
+    ``SERVEMESH_FLUSH_FRAMES`` says) or ``FLUSH_BYTES`` bytes wait: many small
     frames (one per stream item) cost one system call, and the peer never idles
     while this end fills a large batch.
 
     Write-side flow control: while the socket cannot take more (``pause_writing``)
     the connection is ``congested`` and stream senders wait (``wait_uncongested``)."""
 
-    def __init__(self, limit: int, liveness: Liveness | None = None, budget: PartialBudget | None = None) -> None:
+    def __init__(self, limit: int, liveness: Liveness | None = None, budget: PartialBudget | None = None,
+                 flush_frames: int | None = None) -> None:
         self.limit = limit
+        self.flush_frames = flush_frames or FLUSH_FRAMES
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.liveness = liveness or Liveness()
@@ -106,7 +109,7 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         buf = self._wbuf
         size = codec.append_frame(buf, frame, self.limit)
         self._queued += 1
-        if self._queued >= FLUSH_FRAMES or len(buf) >= FLUSH_BYTES:
+        if self._queued >= self.flush_frames or len(buf) >= FLUSH_BYTES:
             self._write_out()
         elif not self._flush_scheduled:
             self._flush_scheduled = True

@@ -34,7 +34,7 @@ def liveness(settings: Settings) -> Liveness:
 
 class ServerConnection(FramedProtocol):
     def __init__(self, server: StreamServer) -> None:
-        super().__init__(server.limit, server.liveness, server.budget)
+        super().__init__(server.limit, server.liveness, server.budget, server.flush_frames)
         self._server = server
         self.streams = StreamTable(server.endpoints, self._loop.create_task, self, server.window_bytes,
                                    server.request_timeout)
@@ -80,6 +80,7 @@ class StreamServer:
     def __init__(self, endpoints: Mapping[str, ServedEndpoint], settings: Settings) -> None:
         self.endpoints = endpoints
         self.limit = settings.max_payload
+        self.flush_frames = settings.flush_frames
         self.window_bytes = settings.stream_window_bytes
         self.request_timeout = settings.request_timeout
         self.liveness = liveness(settings)
@@ -96,7 +97,7 @@ class StreamServer:
 
 class ClientConnection(FramedProtocol):
     def __init__(self, pool: ConnectionPool, address: str) -> None:
-        super().__init__(pool.limit, pool.liveness)
+        super().__init__(pool.limit, pool.liveness, flush_frames=pool.flush_frames)
         self._pool = pool
         self.address = address
         self._streams: dict[int, RemoteStream] = {}
@@ -151,6 +152,7 @@ class ConnectionPool:
 
     def __init__(self, dial: Dial, settings: Settings) -> None:
         self.limit = settings.max_payload
+        self.flush_frames = settings.flush_frames
         self.window = settings.stream_window
         self.window_bytes = settings.stream_window_bytes
         self.liveness = liveness(settings)
