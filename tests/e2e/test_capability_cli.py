@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servemesh.testing import free_port, wait_http_ok
+from servemesh.testing import free_port, wait_http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "capability"
@@ -81,16 +81,17 @@ def replica(procs: Callable[..., subprocess.Popen[bytes]], replica_id: str, api:
 
 def wait_registry(url: str, check: Callable[[set[str]], bool], timeout: float = 60,
                   procs: list[subprocess.Popen[bytes]] = ()) -> set[str]:
-    deadline = time.monotonic() + timeout
     ids: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def there() -> bool:
+        nonlocal ids
         for proc in procs:
             assert proc.poll() is None, Path(proc.log_path).read_text()  # type: ignore[attr-defined]
         ids = {r["replica_id"] for r in httpx.get(f"{url}/registry", timeout=5).json()["replicas"]}
-        if check(ids):
-            return ids
-        time.sleep(0.05)
-    raise AssertionError(f"the registry never got there: {ids}")
+        return check(ids)
+
+    wait_until(there, f"the registry at {url} as expected", timeout)
+    return ids
 
 
 @pytest.mark.parametrize("discovery", ["http", "etcd"])
