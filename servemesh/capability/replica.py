@@ -62,7 +62,11 @@ class Replica:
 
     def record_capabilities(self) -> dict[str, Any]:
         return wire.record_capabilities(self.replica_id, self.endpoint, [s.labels for s in self.specs],
-                                        [s.stream for s in self.specs])
+                                        [s.stream for s in self.specs], self.models())
+
+    def models(self) -> list[dict[str, Any] | None]:
+        """Each handler's declared model metadata, for records and registrations."""
+        return [None if s.model is None else s.model.to_record() for s in self.specs]
 
     async def start(self) -> Replica:
         self._loop = asyncio.get_running_loop()

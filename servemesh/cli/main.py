@@ -204,9 +204,11 @@ def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, modu
 
 def _capability_commands() -> None:
     from .capability import api_server, serve
+    from .gateway import gateway
 
     app.command("serve")(serve)
     app.command("api-server")(api_server)
+    app.command("gateway")(gateway)
 
 
 _capability_commands()
