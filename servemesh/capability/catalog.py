@@ -34,6 +34,8 @@ class ModelInfo:
     spec: ModelSpec | None = None
     #: some handler streams (a decoupled model, reached with ModelStreamInfer); None: unknown
     streams: bool | None = False
+    #: some handler answers once (or may: unknown)
+    unary: bool = False
     #: live replicas serving it
     replicas: int = 0
 
@@ -109,8 +111,11 @@ class ModelCatalog:
                         info.spec = ModelSpec.from_record(declared)
                     if flag is None:
                         info.streams = None if info.streams is not True else True
+                        info.unary = True
                     elif flag:
                         info.streams = True
+                    else:
+                        info.unary = True
         return found
 
 

@@ -28,6 +28,7 @@ from ...runtime import Context
 from ...tensors import InferRequest, from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
+from ..kit import ApiError
 from ..kit.grpc import problem_of
 from .service import ENABLE_FINAL, EXTENSIONS, FINAL, KServeService
 
@@ -52,7 +53,7 @@ class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):
         return Context(timeout=remaining if remaining is not None and remaining > 0 else self.timeout)
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
-        if not isinstance(exc, ServemeshError) and not hasattr(exc, "problem"):
+        if not isinstance(exc, (ServemeshError, ApiError)):
             log.exception("%s failed", what)  # a bug here: handlers' errors arrive as RemoteError
         code, problem = problem_of(exc, self.debug)
         await context.abort(code, problem.message)
@@ -124,7 +125,9 @@ class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):
                 if final:
                     response.parameters[FINAL] = False
                 await queue.put(pb2.ModelStreamInferResponse(infer_response=to_proto(response, raw=True)))
-        except ServemeshError as exc:
+        except Exception as exc:  # this request failed; the stream goes on
+            if not isinstance(exc, (ServemeshError, ApiError)):
+                log.exception("a request of ModelStreamInfer failed")
             _, problem = problem_of(exc, self.debug)
             await queue.put(pb2.ModelStreamInferResponse(error_message=problem.message))
             return

@@ -72,7 +72,10 @@ class KServeService:
 
     async def infer(self, request: InferRequest, ctx: Context) -> InferResponse:
         """The model's answer to ``request`` (its ``model_name`` and ``model_version`` say which)."""
-        call, _ = self._call(request)
+        call, info = self._call(request)
+        if not info.unary:
+            raise ValidationError(f"model {info.name!r} is decoupled (it streams its responses): call it with "
+                                  "ModelStreamInfer over gRPC (tritonclient: start_stream, async_stream_infer)")
         started = time.perf_counter_ns()
         try:
             data = await self.router.unary(call, ctx)
@@ -89,7 +92,11 @@ class KServeService:
         call, _ = self._call(request)
         started = time.perf_counter_ns()
         ok = False
-        first, rest = await self.router.stream(call, ctx)
+        try:
+            first, rest = await self.router.stream(call, ctx)
+        except BaseException:
+            self.stats.add(request.model_name, request.model_version, started, ok=False)
+            raise
         try:
             if first is not None:
                 yield self.finish(decode_contents_response(first), request)
