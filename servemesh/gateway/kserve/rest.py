@@ -35,8 +35,8 @@ _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 
 
 class KServeRest:
-    """``KServeRest(runtime, service)``; serve ``.kit.asgi`` (``kit.http_server(host, port)``,
-    or behind a ``PathMux`` at ``/v2``)."""
+    """``KServeRest(service)``; serve ``.app`` (``kit.http_server(host, port)``, or behind a
+    ``PathMux`` at ``/v2``). Surfaces sharing a server pass one ``metrics``."""
 
     def __init__(self, service: KServeService, *, max_inflight: int | None = None,
                  metrics: GatewayMetrics | None = None) -> None:

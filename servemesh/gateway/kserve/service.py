@@ -18,7 +18,7 @@ from ...capability import wire
 from ...capability.catalog import MODEL_LABEL, ModelCatalog, ModelInfo
 from ...capability.models import VERSION_LABEL, TensorSpec
 from ...capability.routing import CapabilityRouter
-from ...errors import ValidationError
+from ...errors import NoInstancesError, ValidationError
 from ...runtime import Context
 from ...tensors import InferRequest, InferResponse, decode_contents_response
 from ..kit import ApiError
@@ -57,7 +57,7 @@ class KServeService:
     def ready(self, name: str, version: str = "") -> bool:
         try:
             return self.catalog.require(name, version) is not None
-        except Exception:
+        except NoInstancesError:
             return False
 
     # -- inference ---------------------------------------------------------------------------
