@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from ...errors import ConfigError, ServemeshError
 from ...http import ApiKeys, AuthMiddleware, BodyLimitMiddleware, HttpLimits, HttpServer
@@ -189,6 +189,15 @@ class GatewayKit:
         if not isinstance(exc, ApiError):
             throttled.warning(type(exc).__name__, "stream failed (%s): %s", subject or "-", exc)
         return event(self.describe(exc, subject).body(self.shape))
+
+    def overloaded(self) -> Problem:
+        """The answer to a request beyond ``max_inflight``."""
+        return Problem(429, f"the {self.name} gateway is at its limit of {self.max_inflight} requests in flight; "
+                       "retry later", "rate_limit_error", "overloaded", retry_after=1)
+
+    async def respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
+        """``problem`` as the ASGI response, in the surface's shape."""
+        await self._response(problem)(scope, receive, send)
 
     def ready(self) -> bool:
         return not self.runtime.is_stopping and (self._ready is None or self._ready())

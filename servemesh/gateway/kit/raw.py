@@ -28,14 +28,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...http.auth import open_paths
 from ...http.limits import read_limited_body
 from ...http.shape import send_error
 from ...log import Throttled
-from .errors import Problem
 from .middleware import request_id_of
 
 if TYPE_CHECKING:
@@ -104,9 +102,7 @@ class RawLane:
             await send(message)
 
         if kit.inflight >= kit.max_inflight:
-            problem = Problem(429, f"the {kit.name} gateway is at its limit of {kit.max_inflight} requests in "
-                              "flight; retry later", "rate_limit_error", "overloaded", retry_after=1)
-            await self._respond(problem, scope, receive, send_with_id)
+            await kit.respond(kit.overloaded(), scope, receive, send_with_id)
             kit.metrics.observe(path, status, time.perf_counter() - started)
             return
         keys = kit.keys
@@ -131,14 +127,11 @@ class RawLane:
             if problem.status >= 500:
                 throttled.warning((problem.status, type(exc).__name__), "%s %s (request %s) failed: %s",
                                   scope["method"], path, rid, exc)
-            await self._respond(problem, scope, receive, send_with_id)
+            await kit.respond(problem, scope, receive, send_with_id)
         finally:
             kit.inflight -= 1
             kit.metrics.observe(path, status, time.perf_counter() - started)
 
-    async def _respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(problem.body(self.kit.shape), status_code=problem.status, headers=problem.headers())
-        await response(scope, receive, send)
 
 
 def _compile(template: str) -> re.Pattern[str]:
