@@ -29,7 +29,7 @@ class Params(BaseModel):
 
 @func.set_output
 class Outputs(BaseModel):
-    text: str = Field(..., description="The result")
+    result: str = Field(..., description="The text, repeated")
 '''
 
 MAIN = '''"""The function's lifecycle: on_startup (load models here), on_execute, on_shutdown."""
@@ -44,7 +44,7 @@ async def load() -> None:
 
 @func.on_execute
 async def main(inputs: Inputs, params: Params) -> Outputs:
-    return Outputs(text=" ".join([inputs.text] * params.times))
+    return Outputs(result=" ".join([inputs.text] * params.times))
 
 
 @func.on_shutdown

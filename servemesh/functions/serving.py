@@ -100,6 +100,7 @@ class FunctionService:
                         await asyncio.shield(self.func.shutdown())
                     except Exception:
                         log.exception("on_shutdown of function %s failed", self.func.name)
+                log.info("function %s stopped: executions drained, on_shutdown done", self.func.name)
         finally:
             self.state = "stopped" if self.state != "failed" else "failed"
             await self._tasks.close()
