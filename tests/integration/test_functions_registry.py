@@ -141,7 +141,7 @@ def test_bearer_token_auth(tmp_path: Path, rootfs: Path) -> None:
             assert push(image, client).manifest_put
         assert tokens.issued >= 1
         with RegistryClient(secured.host, Credentials("ci", "nope")) as wrong, \
-                pytest.raises(RegistryError, match="token service .* refused"):
+                pytest.raises(RegistryError, match=r"token service .* refused"):
             push(image, wrong)
         token = tokens.token("ci", "repository:tokens/echo:pull")
         with RegistryClient(secured.host, Credentials(token=token)) as given:  # a token as it is
@@ -203,3 +203,16 @@ def _config_digest(registry: RegistryServer, repository: str, tag: str) -> str:
         found = client.get_manifest(repository, tag)
     assert found is not None
     return str(json.loads(found[0])["config"]["digest"])
+
+
+def test_a_registry_reference_as_base(registry: RegistryServer, tmp_path: Path, rootfs: Path) -> None:
+    with RegistryClient(registry.host) as client:
+        base = build(write_function(tmp_path / "base", name="basefn"), options(registry, tmp_path, rootfs, "bases"))
+        push(base, client)
+        opts = BuildOptions(registry=f"{registry.host}/derived", cache=tmp_path / "cache",
+                            base=str(base.reference), servemesh_deps=False)
+        image = build(write_function(tmp_path / "fns"), opts)
+        assert [x.digest for x in image.layers[:3]] == [x.digest for x in base.layers]
+        report = push(image, client)  # the base's layers are read from the base's repository
+        # 3 base layers, the app layer, the config (the dependency layer equals the base's: one blob)
+        assert report.manifest_put and len(report.uploaded) == 5 and report.present == 0

@@ -104,3 +104,35 @@ def test_references() -> None:
     assert (ref.host, ref.repository, ref.tag) == ("registry-1.docker.io", "library/python", "3.11-slim")
     ref = Reference.parse("127.0.0.1:5000/fns/echo@sha256:ab")
     assert (ref.host, ref.repository, ref.digest) == ("127.0.0.1:5000", "fns/echo", "sha256:ab")
+
+
+def test_a_seed_style_dockerfile_is_followed(tmp_path: Path) -> None:
+    import json
+
+    target = write_function(tmp_path / "fns", dockerfile=(
+        "FROM scratch\nWORKDIR /app\nCOPY . .\nENV MODEL=tiny\nEXPOSE 3000\n"
+        'CMD ["python3", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "3000", "main:func"]\n'))
+    image = build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False))
+    config = json.loads(image.config)["config"]
+    assert config["Cmd"][-1] == "main:func" and config["WorkingDir"] == "/app"
+    assert "MODEL=tiny" in config["Env"] and config["ExposedPorts"] == {"3000/tcp": {}}
+    (target / "Dockerfile").write_text("FROM scratch\nWORKDIR /app\nRUN pip install torch\n")
+    with pytest.raises(BuildError, match=r"Dockerfile:3: RUN cannot be honoured"):
+        build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False))
+
+
+def test_cuda_base_and_local_layout_bases(tmp_path: Path) -> None:
+    from servemesh.functions.build.oci import write_layout
+
+    target = write_function(tmp_path / "fns")
+    opts = BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False, cuda=True)
+    with pytest.raises(BuildError, match="SERVEMESH_FUNCTION_CUDA_BASE"):
+        build(target, opts)
+    first = build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False,
+                                       base="scratch"))
+    write_layout(tmp_path / "layout", "base", first.manifest, first.blobs())
+    opts.cuda_base = f"oci:{tmp_path / 'layout'}:base"  # SERVEMESH_FUNCTION_CUDA_BASE
+    stacked = build(target, opts)
+    assert stacked.base == f"oci:{tmp_path / 'layout'}:base"
+    assert [layer.digest for layer in stacked.layers[:2]] == [layer.digest for layer in first.layers]
+    assert len(stacked.layers) == 4
