@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..config import Settings
-from ..runtime import DistributedRuntime
-from .function import Function
+from ...config import Settings
+from ...functions.function import Function
+from ...functions.serving import FunctionService
+from ...runtime import DistributedRuntime
+from .api import FunctionApi
 
 log = logging.getLogger("servemesh.functions")
 
 
 class FunctionAsgi:
     def __init__(self, func: Function) -> None:
-        from ..gateway.functions import FunctionApi
-        from .serving import FunctionService
-
         settings = Settings.from_env()
         self.runtime = DistributedRuntime(settings)
         self.service = FunctionService(func, self.runtime)
