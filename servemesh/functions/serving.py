@@ -18,13 +18,17 @@ import pydantic
 
 from ..config import Settings
 from ..errors import FunctionInputError, FunctionStartupError, NoInstancesError, ServemeshError
+from ..log import Throttled
 from ..objects import Objects, ObjectStoreSettings, open_objects
 from ..runtime import Context, DistributedRuntime
+from ..runtime.errortable import as_servemesh_error
 from ..runtime.tasks import TaskSet
 from .context import FunctionContext
 from .function import Function
 
 log = logging.getLogger("servemesh.functions")
+#: failures of the user's on_execute, at most 10 lines a minute per exception type
+throttled = Throttled(log)
 
 ENDPOINT = "execute"
 
@@ -131,7 +135,13 @@ class FunctionService:
             if func.context_param is not None:
                 kwargs[func.context_param] = FunctionContext(self.objects, context, func)
             assert func.execute is not None
-            result = await func.execute(inputs, params, **kwargs)
+            try:
+                result = await func.execute(inputs, params, **kwargs)
+            except Exception as exc:
+                # what a caller over the runtime sees too: the handler's type and message, no traceback
+                throttled.warning(type(exc).__name__, "on_execute of %s raised %s: %s", func.name,
+                                  type(exc).__name__, exc)
+                raise as_servemesh_error(exc, self.path) from exc
         finally:
             self.inflight -= 1
             if self.inflight == 0:

@@ -57,6 +57,8 @@ def make_function(events: list[str], gate: asyncio.Event, hold: asyncio.Event | 
     @func.on_execute
     async def main(inputs: Inputs, params: Params, ctx: FunctionContext) -> Outputs:
         events.append("execute")
+        if inputs.person.name == "crash":
+            raise ZeroDivisionError("no greeting for crash")
         if hold is not None:
             await hold.wait()
         size, copy = 0, None
@@ -153,6 +155,9 @@ async def test_execute_over_http_and_the_runtime(settings: Settings) -> None:
                                                            "params": {"times": 9}})
             assert too_many.status_code == 422 and too_many.json()["error"].startswith("params.times:")
             assert (await client.post("/execute", content=b"{nope")).status_code == 400
+            crashed = await client.post("/execute", json={"inputs": {"person": {"name": "crash"}}})
+            assert crashed.status_code == 500
+            assert crashed.json()["error"] == "ZeroDivisionError: no greeting for crash"
 
             meta = (await client.get("/metadata")).json()
             assert (meta["name"], meta["version"], meta["description"]) == ("greeter", "1.2.0", "greets")
