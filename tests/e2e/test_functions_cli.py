@@ -89,8 +89,7 @@ def test_validate_lists_every_problem_and_fails(tmp_path: Path) -> None:
     assert "no on_execute" in done.stderr
 
 
-def test_a_failing_startup_exits_with_its_error(tmp_path: Path, procs: Callable[..., subprocess.Popen[bytes]]
-                                                ) -> None:
+def broken_function(tmp_path: Path) -> Path:
     target = tmp_path / "text" / "broken" / "1.0.0"
     target.mkdir(parents=True)
     (target / "metadata.py").write_text("from pydantic import BaseModel\nfrom servemesh.functions import Function\n"
@@ -99,8 +98,21 @@ def test_a_failing_startup_exits_with_its_error(tmp_path: Path, procs: Callable[
     (target / "main.py").write_text("from metadata import func\n\n@func.on_startup\nasync def load():\n"
                                     "    raise FileNotFoundError('model.bin')\n\n@func.on_execute\n"
                                     "async def main(inputs, params):\n    return {}\n")
+    return target
+
+
+def test_a_failing_startup_exits_with_its_error(tmp_path: Path, procs: Callable[..., subprocess.Popen[bytes]]
+                                                ) -> None:
+    target = broken_function(tmp_path)
     proc = procs(sys.executable, "-m", "servemesh", "serve-function", str(target), "--port", str(free_port()))
     assert proc.wait(60) == 1
+    assert "on_startup of function 'broken' failed: FileNotFoundError: model.bin" in log_of(proc)
+
+
+def test_uvicorn_exits_when_startup_fails(tmp_path: Path, procs: Callable[..., subprocess.Popen[bytes]]) -> None:
+    target = broken_function(tmp_path)
+    proc = procs(sys.executable, "-m", "uvicorn", "--port", str(free_port()), "main:func", cwd=target)
+    assert proc.wait(60) != 0
     assert "on_startup of function 'broken' failed: FileNotFoundError: model.bin" in log_of(proc)
 
 
