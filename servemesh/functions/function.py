@@ -64,8 +64,11 @@ class Function:
         self.startup: Callable[..., Any] | None = None
         self.execute: Callable[..., Any] | None = None
         self.shutdown: Callable[..., Any] | None = None
-        #: keyword names ``on_execute`` takes a :class:`FunctionContext` by
+        #: the parameter of ``on_execute`` that takes a :class:`FunctionContext`
         self.context_param: str | None = None
+        #: set by a load without the function's requirements (``loader``): ``main.py`` was read, not run
+        self.execute_in_source = False
+        self.missing_module: str | None = None
         self._asgi: Any = None
 
     def __repr__(self) -> str:

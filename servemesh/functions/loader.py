@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import traceback
@@ -23,7 +24,12 @@ def load_function(directory: str | Path) -> Function:
     return func
 
 
-def load_with_problems(directory: str | Path) -> tuple[Function | None, list[str]]:
+def load_with_problems(directory: str | Path, *,
+                       without_requirements: bool = False) -> tuple[Function | None, list[str]]:
+    """The function and the problems found loading it. ``without_requirements`` (validation and
+    builds): when ``main.py`` imports a third-party module that is not installed here (torch on a
+    build machine), the ports come from ``metadata.py`` alone and ``on_execute`` is looked for in
+    ``main.py``'s source (``Function.execute_in_source``)."""
     root = Path(directory).resolve()
     if not root.is_dir():
         raise ConfigError(f"no such function directory: {directory}")
@@ -37,6 +43,19 @@ def load_with_problems(directory: str | Path) -> tuple[Function | None, list[str
         modules = [_import(root, entry.stem)]
         if entry.stem == "main" and (root / "metadata.py").is_file():
             modules.append(sys.modules.get("metadata") or _import(root, "metadata"))
+    except ModuleNotFoundError as exc:
+        if not (without_requirements and entry.stem == "main" and (root / "metadata.py").is_file()
+                and not _is_local(root, exc.name)):
+            return None, [_import_problem(root, exc)]
+        try:
+            modules = [sys.modules.get("metadata") or _import(root, "metadata")]
+        except Exception as inner:
+            return None, [_import_problem(root, inner)]
+        for module in modules:
+            for value in vars(module).values():
+                if isinstance(value, Function):
+                    value.execute_in_source = _declares_on_execute(root / "main.py")
+                    value.missing_module = exc.name
     except Exception as exc:
         return None, [_import_problem(root, exc)]
     found: list[Function] = []
@@ -77,3 +96,24 @@ def _import_problem(root: Path, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f"{exc.filename}:{exc.lineno}"
     return f"{where}: importing the function failed: {type(exc).__name__}: {exc}"
+
+
+def _is_local(root: Path, name: str | None) -> bool:
+    """Whether ``name`` is a module of the function's own directory (then its absence is a bug)."""
+    top = (name or "").split(".")[0]
+    return not top or (root / f"{top}.py").exists() or (root / top).is_dir()
+
+
+def _declares_on_execute(main: Path) -> bool:
+    """Whether ``main.py`` decorates a function with ``@<something>.on_execute`` (read, not run)."""
+    try:
+        tree = ast.parse(main.read_text(), str(main))
+    except (OSError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                if isinstance(target, ast.Attribute) and target.attr == "on_execute":
+                    return True
+    return False

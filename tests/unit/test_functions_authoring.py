@@ -186,3 +186,23 @@ def test_semver() -> None:
     assert is_semver("1.0.0") and is_semver("1.0.0-rc.1+build.5")
     assert not is_semver("v1") and not is_semver("1.0") and not is_semver("01.0.0")
     assert parse("1.0.0-rc.1") < parse("1.0.0") < parse("1.0.10") < parse("2.0.0")
+
+
+def test_a_main_importing_what_only_the_image_has_still_validates(tmp_path: Path) -> None:
+    """The seed's functions import torch in main.py; the build machine need not have it."""
+    target = write_function(tmp_path)
+    main = target / "main.py"
+    (tmp_path / "main.txt").write_text(main.read_text())
+    main.write_text("import torch_is_not_installed_here\n" + main.read_text())
+    assert validate(target) == []
+    main.write_text("import torch_is_not_installed_here\nfrom metadata import func\n")
+    assert "no on_execute" in validate(target)[0]
+    (target / "helpers.py").write_text("from . import nothing\n")
+    main.write_text("import helpers\n")  # a module of the function's own: its failure is reported
+    assert "importing the function failed: ImportError" in validate(target)[0]
+    from servemesh.errors import FunctionInvalid
+    from servemesh.functions import load_function
+
+    main.write_text("import torch_is_not_installed_here\n" + (tmp_path / "main.txt").read_text())
+    with pytest.raises(FunctionInvalid, match="ModuleNotFoundError"):  # serving needs everything
+        load_function(target)

@@ -136,3 +136,15 @@ def test_cuda_base_and_local_layout_bases(tmp_path: Path) -> None:
     assert stacked.base == f"oci:{tmp_path / 'layout'}:base"
     assert [layer.digest for layer in stacked.layers[:2]] == [layer.digest for layer in first.layers]
     assert len(stacked.layers) == 4
+
+
+def test_a_build_does_not_need_the_functions_requirements(tmp_path: Path) -> None:
+    import json
+
+    target = write_function(tmp_path / "fns")
+    main = target / "main.py"
+    main.write_text("import torch_is_not_installed_here\n" + main.read_text())
+    image = build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", base="scratch",
+                                       servemesh_deps=False))
+    label = json.loads(json.loads(image.config)["config"]["Labels"]["org.servemesh.function"])
+    assert label["inputs"]["properties"]["text"]["type"] == "string"
