@@ -214,6 +214,18 @@ def _capability_commands() -> None:
 _capability_commands()
 
 
+def _function_commands() -> None:
+    from .functions import build, new_app, serve_function, validate
+
+    app.command("validate")(validate)
+    app.command("serve-function")(serve_function)
+    app.command("build")(build)
+    app.add_typer(new_app, name="new")
+
+
+_function_commands()
+
+
 def main() -> None:
     app()
 
