@@ -128,7 +128,7 @@ class Replica:
                 raise _streams(call.want)
             return await self.forward(call.want, call.body, call.chain, call.depth, ctx, delegate=True)
         hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
-        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response))
+        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response, hctx))
 
     async def _stream(self, call: wire.InferCall, ctx: RuntimeContext) -> AsyncIterator[bytes]:
         spec = self.find(call.want, True)
@@ -143,7 +143,7 @@ class Replica:
             return
         hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
         async for item in self.runner.stream(spec, call.body, wire.decode_request, hctx,
-                                             answer(wire.encode_response)):
+                                             answer(wire.encode_response, hctx)):
             yield item
 
     # -- delegation and calls --------------------------------------------------------------------
@@ -186,7 +186,7 @@ class Replica:
             data = await self.forward(want, wire.encode_request(request), chain, depth, ctx, delegate=True)
             return decode_contents_response(data)
         hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same))
+        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same, hctx))
         return response
 
 
@@ -206,7 +206,7 @@ class Replica:
                         yield decode_contents_response(item)
             return
         hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same)):
+        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same, hctx)):
             yield response
 
 
