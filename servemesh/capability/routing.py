@@ -140,7 +140,7 @@ class CapabilityRouter:
                                    "(/infer/stream, or ModelStreamInfer over gRPC)", field="X-Capability-*")
         everyone = self.candidates(want, None)
         if everyone and exclude and all(v.replica_id in exclude for v in everyone):
-            return DelegationRefused("loop", list(exclude), self.runtime.settings.delegation_max_depth, dict(want))
+            return DelegationRefused("loop", sorted(exclude), self.runtime.settings.delegation_max_depth, dict(want))
         if everyone:
             return NoInstancesError(f"capability {_text(want)}", [])
         seen = self._seen

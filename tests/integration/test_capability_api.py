@@ -432,3 +432,52 @@ async def test_object_mistakes_of_a_handler_are_500s_and_a_bad_ref_from_the_call
                                "contents": {"bytes_contents": ["../../etc/passwd"]}}]}
         refused = await http.post("/infer/json", headers={"X-Capability-Type": "read-ref"}, json=bad_ref)
         assert refused.status_code == 400, refused.text
+
+
+async def test_a_pipeline_may_come_back_to_a_replica_for_other_labels_but_a_loop_through_an_alias_is_refused():
+    def ask(text: str) -> dict:
+        return {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "contents": {"bytes_contents": [text]}}]}
+
+    one = App()  # summarize -> embed on the same replica, then b -> a2 across replicas
+
+    @one.capability(type="summarize")
+    def summarize(request, context):
+        return context.delegate(capability={"type": "embed"})
+
+    @one.capability(type="embed")
+    def embed(request, context):
+        return reply(request, "embedded", chain=",".join(context.chain))
+
+    @one.capability(type="a1")
+    def a1(request, context):
+        return context.delegate(capability={"type": "b"})
+
+    @one.capability(type="a2")
+    def a2(request, context):
+        return reply(request, "a2 answered", chain=",".join(context.chain))
+
+    other = App()
+
+    @other.capability(type="b")
+    def b(request, context):
+        return context.delegate(capability={"type": "a2"})
+
+    async with api_server() as (api, url), replica(one, "r1", url) as (_, endpoint), replica(other, "r2", url), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        await until(lambda: len(api.router.replicas()) == 2)
+        same = await http.post("/infer/json", headers={"X-Capability-Type": "summarize"}, json=ask("x"))
+        assert same.status_code == 200 and text_of(same.json()) == "embedded", same.text
+        assert text_of(same.json(), "chain") == "r1"
+        back = await http.post("/infer/json", headers={"X-Capability-Type": "a1"}, json=ask("x"))
+        assert back.status_code == 200 and text_of(back.json()) == "a2 answered", back.text
+        assert text_of(back.json(), "chain") == "r1,r2"
+
+        # an alias registration of r1's gRPC port for labels r1 lacks: r1 passes the request
+        # on, it comes back to r1 through the alias, and r1 refuses it there (not 4 times)
+        alias = await http.post("/register", json={"replica_id": "alias", "endpoint": endpoint,
+                                                   "capabilities": [{"type": "nowhere"}]})
+        assert alias.status_code == 200, alias.text
+        await until(lambda: len(api.router.replicas()) == 3)
+        loop = await http.post("/infer/json", headers={"X-Capability-Type": "nowhere"}, json=ask("x"))
+        assert loop.status_code == 508, loop.text
+        assert loop.json()["reason"] == "loop" and loop.json()["chain"] == ["r1", "r1"], loop.text

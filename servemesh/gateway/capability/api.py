@@ -178,7 +178,7 @@ class CapabilityApiServer:
         # no timeout here: the replica enforces SERVEMESH_REQUEST_TIMEOUT on every call it
         # serves, and the plane's liveness checks catch a replica that stopped answering
         ctx = self.kit.scope_context(scope)
-        data = await unless_disconnected(receive, self.router.unary(call, ctx, call.chain))
+        data = await unless_disconnected(receive, self.router.unary(call, ctx, wire.excluded(call.chain, call.want)))
         await send_bytes(send, 200, data)
 
     async def infer_stream(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
@@ -186,7 +186,8 @@ class CapabilityApiServer:
         after it, an ``event: error`` frame."""
         call, subject = self._call(scope, body)
         ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
-        first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, call.chain))
+        exclude = wire.excluded(call.chain, call.want)
+        first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, exclude))
         await event_stream(self._sse(first, rest, subject))(scope, receive, send)
 
     async def _sse(self, first: bytes | None, rest: AsyncIterator[list[bytes]], subject: str) -> AsyncIterator[bytes]:
