@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidObjectRef, ObjectTooLarge, Overloaded, RemoteError, SerializationError, ValidationError
+from ..errors import (
+    InvalidObjectRef,
+    ObjectStoreError,
+    ObjectTooLarge,
+    Overloaded,
+    RemoteError,
+    SerializationError,
+    ServemeshError,
+    ValidationError,
+)
+from ..log import Throttled
 from ..tensors import InferRequest, response_from_any
 from .app import CapabilitySpec
 from .stream import Stream
@@ -51,13 +62,24 @@ def answer(encode: Encode, ctx: Context | None = None) -> Encode:
 _CALLER_ERRORS = (ValidationError, SerializationError, ObjectTooLarge)
 
 
+log = logging.getLogger("servemesh.capability")
+throttled = Throttled(log)
+
+
 def handler_fault(exc: BaseException) -> BaseException:
     """What the caller sees for ``exc`` out of a handler (after its request was decoded):
-    a request-shaped error becomes ``RemoteError`` (500, its type and message), unless it
-    came back from a call the handler made (``context.call`` / ``delegate``: that
-    replica's answer stands)."""
-    if (isinstance(exc, _CALLER_ERRORS) and not isinstance(exc, InvalidObjectRef)  # a ref is the caller's input
-            and not getattr(exc, "forwarded", False)):
+    a request-shaped error, or a misuse of the object store (``objects.create`` on the
+    event loop), becomes ``RemoteError`` (500, its type and message), unless it came
+    back from a call the handler made (``context.call`` / ``delegate``: that replica's
+    answer stands). Exceptions that are not servemesh's are logged here, with their
+    traceback (throttled): the caller gets only their type and message."""
+    if getattr(exc, "forwarded", False):
+        return exc
+    if not isinstance(exc, ServemeshError):
+        throttled.warning(type(exc).__name__, "a handler raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return exc
+    if ((isinstance(exc, _CALLER_ERRORS) and not isinstance(exc, InvalidObjectRef))  # a ref is the caller's input
+            or type(exc) is ObjectStoreError):
         fault = RemoteError(type(exc).__name__, str(exc))
         fault.__cause__ = exc
         return fault

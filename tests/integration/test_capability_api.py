@@ -481,3 +481,36 @@ async def test_a_pipeline_may_come_back_to_a_replica_for_other_labels_but_a_loop
         loop = await http.post("/infer/json", headers={"X-Capability-Type": "nowhere"}, json=ask("x"))
         assert loop.status_code == 508, loop.text
         assert loop.json()["reason"] == "loop" and loop.json()["chain"] == ["r1", "r1"], loop.text
+
+
+async def test_a_handler_s_exception_is_logged_with_its_traceback_and_an_oversized_answer_says_why(caplog, tmp_path):
+    app = App()
+
+    @app.capability(type="boom")
+    def boom(request, context):
+        raise KeyError("no such key")
+
+    @app.capability(type="big")
+    def big(request, context):
+        response = ModelInferResponse()
+        response.add_output(name="blob", datatype="BYTES", shape=[1], bytes_contents=[b"x" * 200_000])
+        return response
+
+    @app.capability(type="objects-on-loop")
+    async def on_loop(request, context):
+        context.objects.create({"a": 1})  # the blocking form, on the event loop
+        return None
+
+    async with api_server() as (_, url), \
+            replica(app, "rl", url, max_payload=100_000, object_store=str(tmp_path / "objects")), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        with caplog.at_level("WARNING", logger="servemesh.capability"):
+            failed = await http.post("/infer/json", headers={"X-Capability-Type": "boom"}, json=TEXT)
+        assert failed.status_code == 500 and failed.json()["error"] == "KeyError: 'no such key'"
+        logged = [rec for rec in caplog.records if rec.name == "servemesh.capability" and rec.exc_info]
+        assert logged and "KeyError" in logged[0].getMessage()
+
+        too_big = await http.post("/infer/json", headers={"X-Capability-Type": "big"}, json=TEXT)
+        assert too_big.status_code == 500 and "exceeds the limit" in too_big.json()["error"], too_big.text
+        misused = await http.post("/infer/json", headers={"X-Capability-Type": "objects-on-loop"}, json=TEXT)
+        assert misused.status_code == 500 and "acreate" in misused.json()["error"], misused.text

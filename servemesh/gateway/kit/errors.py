@@ -47,6 +47,7 @@ from ...errors import (
     ConfigError,
     DeadlineExceeded,
     DelegationRefused,
+    FrameTooLarge,
     FunctionInputError,
     InstanceUnavailable,
     NoInstancesError,
@@ -121,6 +122,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (DeadlineExceeded, 504, "timeout", "deadline_exceeded"),
     (Cancelled, 499, "cancelled", "cancelled"),
     (RemoteError, 500, "internal_error", "remote_error"),
+    (FrameTooLarge, 500, "internal_error", "frame_too_large"),
     (ServemeshError, 500, "internal_error", "internal_error"),
 )
 
@@ -174,8 +176,8 @@ def _public(exc: BaseException, subject: str | None, handler_errors: bool = Fals
         return f"the request{about} did not finish within its deadline"
     if isinstance(exc, Cancelled):
         return "the request was cancelled"
-    if isinstance(exc, (ObjectNotFound, ObjectTooLarge)):
-        return str(exc)  # about the client's own ref or value: nothing internal
+    if isinstance(exc, (ObjectNotFound, ObjectTooLarge, FrameTooLarge)):
+        return str(exc)  # about the client's own ref or value, or an answer's size: nothing internal
     if isinstance(exc, ObjectStoreUnavailable):
         return "the object store is unavailable; retry later"
     if isinstance(exc, SerializationError):
