@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: label sets remembered as "served before" (a 503 rather than a 404 when they vanish)
 MAX_SEEN = 4096
+#: label sets a "no such capability" error lists at most
+MAX_AVAILABLE = 50
 
 
 class CapabilityRouter:
@@ -153,6 +155,8 @@ class CapabilityRouter:
             for labels in view.labels:
                 if labels not in available:
                     available.append(labels)
+                    if len(available) == MAX_AVAILABLE:  # an error body stays small: /registry has them all
+                        return CapabilityNotFound(dict(want), available)
         return CapabilityNotFound(dict(want), available)
 
     # -- calls --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import typer
 
 from ..config import Settings
 from ..errors import FunctionInvalid, ServemeshError
+from . import PORT
 
 new_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaffold new things.")
 
@@ -40,7 +41,7 @@ def validate(directory: Annotated[str, typer.Argument(help="the function's direc
 
 def serve_function(directory: Annotated[str, typer.Argument(help="the function's directory")],
                    host: Annotated[str, typer.Option(help="address the HTTP port binds to")] = "127.0.0.1",
-                   port: Annotated[int, typer.Option(help="HTTP port (0: a free one)")] = 3000,
+                   port: Annotated[int, typer.Option(**PORT, help="HTTP port (0: a free one)")] = 3000,
                    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None) -> None:
     """Serve a function: HTTP (POST /execute, GET /metadata) and the runtime endpoint <ns>.<name>.execute."""
     from ..apps.functions import serve_function as serve

@@ -10,13 +10,15 @@ import typer
 
 from ..config import Settings
 from ..errors import ServemeshError
+from . import PORT
 
 
 def gateway(target: Annotated[str | None, typer.Argument(
                 help="module:app or path/file.py:app to serve in this process too (optional)")] = None,
-            http_port: Annotated[int, typer.Option(help="HTTP port: capability API, /v2 (KServe), /v1 (OpenAI)")]
+            http_port: Annotated[int, typer.Option(
+                **PORT, help="HTTP port: capability API, /v2 (KServe), /v1 (OpenAI)")]
             = 8000,
-            grpc_port: Annotated[int, typer.Option(help="KServe OIP v2 gRPC port")] = 8001,
+            grpc_port: Annotated[int, typer.Option(**PORT, help="KServe OIP v2 gRPC port")] = 8001,
             host: Annotated[str, typer.Option(help="address both ports bind to")] = "127.0.0.1",
             capability_api: Annotated[bool, typer.Option(
                 help="serve the capability API's /infer/json and /infer/stream (/register is always served)")]

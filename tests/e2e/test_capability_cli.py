@@ -250,3 +250,31 @@ async def grpc_calls(port: int, worker: subprocess.Popen[bytes]) -> None:
                                         metadata=[("x-capability-type", "nothing")])
         errors = [m.error_message async for m in failing]
         assert len(errors) == 1 and "nothing" in errors[0]
+
+
+def test_start_up_mistakes_are_one_line_errors_not_tracebacks_or_endless_retries(procs):
+    """A port out of range, a port in use, a token too short, an API server that refuses
+    the registration: each stops the command at once with one line that says what."""
+    url = api_server(procs)
+    taken = url.rsplit(":", 1)[1]
+
+    def run(*args: str, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "servemesh.cli.main", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, **FAST))
+
+    for args in (["serve", f"{APP}:app", "--port", "70000"], ["serve", f"{APP}:app", "--port", "-5"],
+                 ["api-server", "--port", "70000"]):
+        out = run(*args)
+        assert out.returncode == 2 and "--port" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert run("--port", "70000", script=APP).returncode == 2  # app.run()'s flags
+
+    in_use = run("api-server", "--port", taken)
+    assert in_use.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in in_use.stderr, in_use.stderr
+    assert "Traceback" not in in_use.stderr
+
+    short = run("--port", "0", "--api-server", url, "--token", "abc", script=APP)
+    assert short.returncode == 1 and "8 to 256 characters" in short.stderr, short.stderr
+
+    refused = run("--port", "0", "--api-server", url + "/nowhere", script=APP)
+    assert refused.returncode == 1 and "(404)" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr

@@ -514,3 +514,23 @@ async def test_a_handler_s_exception_is_logged_with_its_traceback_and_an_oversiz
         assert too_big.status_code == 500 and "exceeds the limit" in too_big.json()["error"], too_big.text
         misused = await http.post("/infer/json", headers={"X-Capability-Type": "objects-on-loop"}, json=TEXT)
         assert misused.status_code == 500 and "acreate" in misused.json()["error"], misused.text
+
+
+async def test_registrations_are_checked_and_a_newer_replica_s_extra_fields_are_ignored():
+    async with api_server() as (_, url), httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for body, param in (({"replica_id": "x", "endpoint": "h:1", "capabilities": [{}]}, "capabilities"),
+                            ({"replica_id": "x", "endpoint": "http://evil.example:80/../", "capabilities": [{"a": 1}]},
+                             "endpoint")):
+            refused = await http.post("/register", json=body)
+            assert refused.status_code == 400 and refused.json()["param"].startswith(param), refused.text
+        newer = {"replica_id": "newer", "endpoint": "127.0.0.1:9", "capabilities": [{"type": "x"}],
+                 "from_the_future": 1,
+                 "servemesh": {"namespace": "capability", "instance_id": 7, "transport": {"tcp": "127.0.0.1:9"},
+                               "a_field_added_later": [1, 2]}}
+        assert (await http.post("/register", json=newer)).status_code == 200
+
+        for i in range(80):  # many label sets: a 404 lists a bounded number of them
+            await http.post("/register", json={"replica_id": f"r{i}", "endpoint": "127.0.0.1:9",
+                                               "capabilities": [{"type": f"t{i}"}]})
+        missing = await http.post("/infer/json", headers={"X-Capability-Type": "nope"}, json=TEXT)
+        assert missing.status_code == 404 and len(missing.json()["available"]) == 50
