@@ -66,7 +66,7 @@ from servemesh.tensors.proto import grpc_predict_v2_pb2 as pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path(__file__).resolve().parent / "kserve_peers"
-MODEL = "addsub"
+MODEL = "add_sub"
 A = np.arange(16, dtype=np.float32) * 0.5  # exactly representable, so the answers compare exactly
 B = 1.0 + np.arange(16, dtype=np.float32) * 0.25
 SUM, DIFF = A + B, A - B
@@ -75,7 +75,8 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 #: peer -> (pip requirement, module that proves the install)
 PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver"), "kserve": ("kserve", "kserve"),
                  "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton")}
-DEFAULT_SERVERS = ["servemesh", "servemesh-replica", "mlserver", "kserve", "triton", "pytriton"]
+DEFAULT_SERVERS = ["servemesh", "servemesh-remote", "servemesh-replica", "mlserver", "kserve", "triton",
+                   "pytriton"]
 
 
 # -- bodies -----------------------------------------------------------------------------------------
@@ -284,15 +285,21 @@ def log_tail(path: Path | None, lines: int = 6) -> str:
     return " | ".join((errors or text)[-lines:])[-600:]
 
 
-def start_server(server: Server, logs: Path, timeout: float) -> None:
+def start_server(server: Server, logs: Path, timeout: float, started: list[Server]) -> None:
+    """Starts it (and its companions), returns once the model is ready on every port."""
     from servemesh.testing import wait_http_ok, wait_until
 
     server.log = logs / f"{server.name}.log"
     with open(server.log, "wb") as out:
         server.proc = subprocess.Popen(server.cmd, cwd=server.cwd, env=server.env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
+    started.append(server)
     if server.ready_url:
         wait_http_ok(server.ready_url, timeout, server.proc)
+    for companion in server.companions:
+        start_server(companion, logs, timeout, started)
+    if server.registry_url:
+        wait_registered(server, timeout)
     if server.grpc_port:
         def grpc_ready() -> bool:
             from servemesh.tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
@@ -359,14 +366,21 @@ def version_of(python: Path, dist: str) -> str:
     return found.stdout.strip() or "?"
 
 
-def servemesh_gateway_cmd(args: argparse.Namespace, tree: Path, http_port: int, grpc_port: int) -> list[str] | None:
-    template = args.servemesh_cmd
-    if template is None and (tree / "examples" / "kserve").is_dir():
-        template = args.servemesh_default_cmd
-    if template is None:
+def servemesh_app(args: argparse.Namespace, tree: Path) -> str:
+    if args.servemesh_app:
+        return args.servemesh_app
+    example = tree / "examples" / "kserve" / "add_sub.py"
+    return f"{example}:app" if example.exists() else f"{PEERS / 'servemesh_app.py'}:app"
+
+
+def servemesh_gateway_cmd(args: argparse.Namespace, tree: Path, app: str | None, http_port: int,
+                          grpc_port: int) -> list[str] | None:
+    if not args.servemesh_cmd and not (tree / "servemesh" / "cli" / "gateway.py").exists():
         return None
+    template = args.servemesh_cmd or ("{python} -m servemesh.cli.main gateway {app} --http-port {http_port} "
+                                      "--grpc-port {grpc_port} --log-level warning")
     return shlex.split(template.format(python=sys.executable, http_port=http_port, grpc_port=grpc_port,
-                                       tree=tree, model=args.servemesh_model))
+                                       tree=tree, app=app or ""))
 
 
 def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Server], list[tuple[str, str]],
@@ -381,23 +395,29 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
     peers_dir = Path(args.peers_dir).expanduser()
     servers: list[Server] = []
     missing: list[tuple[str, str]] = []
-    versions = {"servemesh tree": f"{tree} ({git_head(tree)})"}
-    app = str(PEERS / "servemesh_app.py") + ":app"
+    app = servemesh_app(args, tree)
+    versions = {"servemesh tree": f"{tree} ({git_head(tree)})", "servemesh app": app}
     for name in names:
-        if name == "servemesh":
+        if name in ("servemesh", "servemesh-remote"):
             http, grpc_ = free_port(), free_port()
-            cmd = servemesh_gateway_cmd(args, tree, http, grpc_)
+            local = name == "servemesh"
+            cmd = servemesh_gateway_cmd(args, tree, app if local else None, http, grpc_)
             if cmd is None:
-                missing.append((name, f"no OIP v2 gateway in {tree} yet (no examples/kserve/, no --servemesh-cmd)"))
+                missing.append((name, f"no OIP v2 gateway in {tree} (no servemesh gateway, no --servemesh-cmd)"))
                 continue
+            replicas = [] if local else [Server(f"{name}-replica", [
+                *sm, "serve", app, "--port", "0", "--api-server", f"http://127.0.0.1:{http}", "--log-level",
+                "warning"], sm_env, tree)]
             servers.append(Server(name, cmd, sm_env, tree, http_port=http, grpc_port=grpc_,
-                                  model=args.servemesh_model, rest_path=f"/v2/models/{args.servemesh_model}/infer",
-                                  ready_url=f"http://127.0.0.1:{http}/v2/health/ready",
-                                  note="OIP v2 gateway -> replica"))
+                                  ready_url=f"http://127.0.0.1:{http}/v2/health/live",
+                                  note="gateway, the app served in its process" if local else
+                                  "gateway -> a replica process (request plane)",
+                                  companions=replicas, registry_url=None if local else
+                                  f"http://127.0.0.1:{http}/registry"))
         elif name == "servemesh-replica":
             port = free_port()
             servers.append(Server(name, [*sm, "serve", app, "--port", str(port), "--log-level", "warning"],
-                                  sm_env, tree, grpc_port=port, note="capability replica, gRPC direct"))
+                                  sm_env, tree, grpc_port=port, note="a replica's own gRPC port, no gateway"))
         elif name == "servemesh-capability":
             api = free_port()
             replica = Server("servemesh-capability-replica", [
@@ -406,7 +426,7 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
             servers.append(Server(name, [*sm, "api-server", "--port", str(api), "--log-level", "warning"], sm_env,
                                   tree, http_port=api, ready_url=f"http://127.0.0.1:{api}/health",
                                   rest_path="/infer/json", rest_body=capability_body(),
-                                  rest_headers={"X-Capability-Type": MODEL},
+                                  rest_headers={"X-Capability-Model": MODEL},
                                   note="API server /infer/json (contents JSON) -> replica", companions=[replica],
                                   registry_url=f"http://127.0.0.1:{api}/registry"))
         elif name in PEER_PACKAGES:
@@ -534,13 +554,12 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true", help="skip peers whose venv is not there yet")
     parser.add_argument("--servemesh-tree", default=str(ROOT),
                         help="the servemesh checkout to serve from (PYTHONPATH) [%(default)s]")
+    parser.add_argument("--servemesh-app", default=None,
+                        help="the capability app the servemesh rows serve (default: the tree's "
+                             "examples/kserve/add_sub.py:app, else benchmarks/kserve_peers/servemesh_app.py:app)")
     parser.add_argument("--servemesh-cmd", default=None,
-                        help="the OIP v2 gateway's command; {python} {http_port} {grpc_port} {tree} {model} are "
-                             "filled in (default: --servemesh-default-cmd when the tree has examples/kserve/)")
-    parser.add_argument("--servemesh-default-cmd",
-                        default="{python} {tree}/examples/kserve/serve.py --http-port {http_port} "
-                                "--grpc-port {grpc_port}", help=argparse.SUPPRESS)
-    parser.add_argument("--servemesh-model", default=MODEL, help="the model's name on the servemesh gateway")
+                        help="the gateway's command; {python} {app} {http_port} {grpc_port} {tree} are filled in "
+                             "({app} is empty for servemesh-remote) [servemesh gateway {app} --http-port ...]")
     parser.add_argument("--mlserver-workers", type=int, default=0, help="MLServer's parallel_workers [0]")
     parser.add_argument("--start-timeout", type=float, default=120)
     parser.add_argument("--logs", default=None, help="folder for the servers' output [a temporary one]")
@@ -552,7 +571,7 @@ def main() -> None:
     servers, missing, versions = make_servers(args, names)
     if args.servers is None and not any(s.name == "servemesh" for s in servers):
         more, more_missing, _ = make_servers(args, ["servemesh-capability"])
-        servers[1:1] = more
+        servers[len([s for s in servers if s.name.startswith("servemesh")]):0] = more
         missing += more_missing
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"server logs in {logs}")
@@ -563,13 +582,7 @@ def main() -> None:
         for server in servers:
             t0 = time.perf_counter()
             try:
-                start_server(server, logs, args.start_timeout)
-                started.append(server)
-                for companion in server.companions:
-                    start_server(companion, logs, args.start_timeout)
-                    started.append(companion)
-                if server.registry_url:
-                    wait_registered(server, args.start_timeout)
+                start_server(server, logs, args.start_timeout, started)
                 verify(server)
                 print(f"  {server.name}: up in {time.perf_counter() - t0:.1f}s, answers checked"
                       f"{f' (gRPC: {server.grpc_form})' if server.grpc_port else ''}", flush=True)

@@ -1,7 +1,7 @@
 """The benchmark's add/sub model on the ``kserve`` package's ModelServer (REST on
 ``--http_port``, gRPC on ``--grpc_port``, one process):
 
-    python kserve_addsub.py --http_port 8080 --grpc_port 8081 --enable_latency_logging false
+    python kserve_addsub.py --model_name add_sub --http_port 8080 --grpc_port 8081 --enable_latency_logging false
 """
 
 import kserve
@@ -32,4 +32,4 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     args, _ = parser.parse_known_args()
-    ModelServer().start([AddSub(args.model_name or "addsub")])
+    ModelServer().start([AddSub(args.model_name)])

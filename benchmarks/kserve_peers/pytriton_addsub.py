@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
-    parser.add_argument("--model", default="addsub")
+    parser.add_argument("--model", default="add_sub")
     parser.add_argument("--instances", type=int, default=1, help="model instances (each its own stub and thread)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
