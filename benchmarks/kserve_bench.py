@@ -1,32 +1,38 @@
 """KServe Open Inference Protocol v2: servemesh beside MLServer, the kserve ModelServer and Triton.
 
-    python benchmarks/kserve_bench.py [--duration 4] [--runs 2] [--servers ...] [--servemesh-tree PATH]
+    PYTHONPATH=. python benchmarks/kserve_bench.py [--duration 3] [--runs 2] [--servers ...]
+        [--servemesh-tree PATH]     # the servemesh checkout to measure (PYTHONPATH=PATH too)
 
 The model: two FP32 [16] inputs INPUT0 and INPUT1, outputs OUTPUT0 = INPUT0 + INPUT1 and
-OUTPUT1 = INPUT0 - INPUT1 (benchmarks/kserve_peers/ has it for every server). Each server
-is asked once over each protocol and its answer checked before anything is timed; then
-req/s, p50 and p99 at concurrency 1 and 32 over
+OUTPUT1 = INPUT0 - INPUT1, named ``add_sub`` everywhere (benchmarks/kserve_peers/ has it
+for every peer; servemesh serves examples/kserve/add_sub.py). Each server is asked once
+over each protocol and its answer checked before anything is timed; then req/s, p50 and
+p99 at concurrency 1 and 32 over
 
-- REST: ``POST /v2/models/<model>/infer`` with the OIP v2 JSON body (``data`` lists), from
+- REST: ``POST /v2/models/add_sub/infer`` with the OIP v2 JSON body (``data`` lists), from
   a raw asyncio HTTP/1.1 keep-alive client (uvloop, one connection per concurrent caller,
   the request bytes built once);
 - gRPC: ``inference.GRPCInferenceService/ModelInfer`` with ``raw_input_contents`` (as
-  tritonclient sends it), from grpc.aio on one channel, the request serialized once.
+  tritonclient sends it), from grpc.aio on one channel, the request serialized once and
+  the answer left undecoded (typed ``contents`` instead when a server refuses raw ones).
 
 The same client drives every server; its CPU time is reported beside each row (and the
 server's, all its processes added up), so a client that saturates is seen.
 
-Servers (all started first, then measured in turn, row by row, so that drifting
-background load spreads over all of them):
+Servers (all started first, then measured in turn, row by row, alternating the order,
+so that drifting background load spreads over all of them):
 
-- ``servemesh``: the OIP v2 gateway (REST and gRPC) of ``--servemesh-tree`` (default this
-  checkout), started by ``--servemesh-cmd`` or, when that tree has ``examples/kserve/``,
-  by its documented command;
-- ``servemesh-replica``: a capability replica (``servemesh serve``) answering ModelInfer
-  on its own gRPC port, no gateway in front;
-- ``servemesh-capability``: the capability API server's ``/infer/json`` (contents JSON,
-  ``X-Capability-Type``) in front of that replica; not OIP v2 REST, shown only while no
-  gateway is there (``--servers`` can ask for it);
+- ``servemesh``: ``servemesh gateway examples/kserve/add_sub.py:app`` of
+  ``--servemesh-tree`` (default this checkout): OIP v2 REST and gRPC, the app served in
+  the gateway's process (its handler is a ``def``: it runs in a worker thread);
+  ``--servemesh-cmd`` / ``--servemesh-app`` change what is started;
+- ``servemesh-async``: the same gateway serving kserve_peers/servemesh_app.py, whose
+  handler is ``async def`` (on the event loop, as the peers' predict methods are);
+- ``servemesh-remote``: the gateway with no app, and the app in a replica process
+  (``servemesh serve ... --api-server``) that registered with it;
+- ``servemesh-replica``: that replica's own OIP v2 gRPC port, no gateway in front;
+- ``servemesh-capability``: the capability API server's ``/infer/json`` (contents JSON)
+  in front of a replica; not OIP v2 REST, shown only when the tree has no gateway;
 - ``mlserver``: MLServer with a custom ``MLModel`` runtime, in-process inference
   (``parallel_workers`` 0; ``--mlserver-workers``);
 - ``kserve``: the ``kserve`` package's ``ModelServer`` with a ``kserve.Model``;
@@ -75,8 +81,8 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 #: peer -> (pip requirement, module that proves the install)
 PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver"), "kserve": ("kserve", "kserve"),
                  "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton")}
-DEFAULT_SERVERS = ["servemesh", "servemesh-remote", "servemesh-replica", "mlserver", "kserve", "triton",
-                   "pytriton"]
+DEFAULT_SERVERS = ["servemesh", "servemesh-async", "servemesh-remote", "servemesh-replica", "mlserver", "kserve",
+                   "triton", "pytriton"]
 
 
 # -- bodies -----------------------------------------------------------------------------------------
@@ -398,10 +404,11 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
     app = servemesh_app(args, tree)
     versions = {"servemesh tree": f"{tree} ({git_head(tree)})", "servemesh app": app}
     for name in names:
-        if name in ("servemesh", "servemesh-remote"):
+        if name in ("servemesh", "servemesh-async", "servemesh-remote"):
             http, grpc_ = free_port(), free_port()
-            local = name == "servemesh"
-            cmd = servemesh_gateway_cmd(args, tree, app if local else None, http, grpc_)
+            local = name != "servemesh-remote"
+            served = f"{PEERS / 'servemesh_app.py'}:app" if name == "servemesh-async" else app
+            cmd = servemesh_gateway_cmd(args, tree, served if local else None, http, grpc_)
             if cmd is None:
                 missing.append((name, f"no OIP v2 gateway in {tree} (no servemesh gateway, no --servemesh-cmd)"))
                 continue
@@ -410,8 +417,9 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
                 "warning"], sm_env, tree)]
             servers.append(Server(name, cmd, sm_env, tree, http_port=http, grpc_port=grpc_,
                                   ready_url=f"http://127.0.0.1:{http}/v2/health/live",
-                                  note="gateway, the app served in its process" if local else
-                                  "gateway -> a replica process (request plane)",
+                                  note=("gateway, the async def app (kserve_peers/servemesh_app.py) in its process"
+                                        if name == "servemesh-async" else "gateway, the app served in its process"
+                                        if local else "gateway -> a replica process (request plane)"),
                                   companions=replicas, registry_url=None if local else
                                   f"http://127.0.0.1:{http}/registry"))
         elif name == "servemesh-replica":
@@ -541,7 +549,7 @@ def verify(server: Server) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds timed per row and run")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds timed per row and run")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of load before each timed row")
     parser.add_argument("--runs", type=int, default=2, help="runs per row (interleaved; the median is shown)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
@@ -630,6 +638,26 @@ def median_result(results: list[Result]) -> Result:
                     for f in ("rps", "p50", "p99", "client_cpu", "server_cpu")))
 
 
+def verdict(m: Result, protocol: str, concurrency: int, medians: dict[tuple[str, str, int], Result]) -> str:
+    """The issue's target for one row: ahead of MLServer and the kserve ModelServer (more req/s and a lower
+    p50), within 2x of Triton's Python backend (at least half its req/s, at most twice its p50)."""
+    misses, checked = [], 0
+    for peer in ("mlserver", "kserve"):
+        p = medians.get((peer, protocol, concurrency))
+        if p is not None:
+            checked += 1
+            if m.rps <= p.rps or m.p50 >= p.p50:
+                misses.append(f"behind {peer}")
+    t = medians.get(("triton", protocol, concurrency))
+    if t is not None:
+        checked += 1
+        if m.rps < t.rps / 2 or m.p50 > 2 * t.p50:
+            misses.append("not within 2x of triton")
+    if not checked:
+        return "-"
+    return "met" if not misses else ", ".join(misses)
+
+
 def report(args: argparse.Namespace, servers: list[Server], missing: list[tuple[str, str]],
            results: dict[tuple[str, str, int], list[Result]]) -> None:
     medians = {k: median_result(v) for k, v in results.items()}
@@ -655,8 +683,8 @@ def report(args: argparse.Namespace, servers: list[Server], missing: list[tuple[
     if ours and peers:
         print("\nservemesh / peer: req/s ratio (above 1: servemesh serves more), p50 ratio (peer p50 / servemesh "
               "p50, above 1: servemesh answers sooner)\n")
-        print("| servemesh | protocol | c | " + " | ".join(f"vs {p}" for p in peers) + " |")
-        print("|---|---|---:|" + "---:|" * len(peers))
+        print("| servemesh | protocol | c | " + " | ".join(f"vs {p}" for p in peers) + " | target |")
+        print("|---|---|---:|" + "---:|" * len(peers) + "---|")
         for protocol in args.protocols:
             for concurrency in args.concurrency:
                 for mine in ours:
@@ -667,7 +695,8 @@ def report(args: argparse.Namespace, servers: list[Server], missing: list[tuple[
                     for peer in peers:
                         p = medians.get((peer, protocol, concurrency))
                         cells.append(f"{m.rps / p.rps:.2f}x / {p.p50 / m.p50:.2f}x" if p else "-")
-                    print(f"| {mine} | {protocol} | {concurrency} | " + " | ".join(cells) + " |")
+                    target = verdict(m, protocol, concurrency, medians)
+                    print(f"| {mine} | {protocol} | {concurrency} | " + " | ".join(cells) + f" | {target} |")
     notes = "; ".join(f"{s.name}: {s.note}" + (f", gRPC {s.grpc_form}" if s.grpc_form else "")
                       for s in servers if not s.failed)
     print(f"\n{notes}")
