@@ -626,7 +626,7 @@ def main() -> None:
                         results.setdefault(key, []).append(r)
                         print(f"  {server.name:<22} {protocol:<4} c={concurrency:<3} {r.rps:>9,.0f} req/s  "
                               f"p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  client CPU {r.client_cpu:4.0f}%  "
-                              f"server CPU {r.server_cpu:4.0f}%", flush=True)
+                              f"server CPU {r.server_cpu:4.0f}% ({r.server_cpu * 1e4 / r.rps:.0f} µs/req)", flush=True)
         report(args, servers, missing, results)
     finally:
         for server in reversed(started):
@@ -662,21 +662,22 @@ def report(args: argparse.Namespace, servers: list[Server], missing: list[tuple[
            results: dict[tuple[str, str, int], list[Result]]) -> None:
     medians = {k: median_result(v) for k, v in results.items()}
     print(f"\n{args.runs} run(s) of {args.duration:g} s per row, interleaved; median shown. CPU: % of one core, "
-          "client = this process (the load generator), server = all its processes.\n")
-    print("| server | protocol | c | req/s | p50 ms | p99 ms | client CPU | server CPU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "client = this process (the load generator), server = all its processes; CPU per request = server CPU "
+          "/ req/s, which moves less than req/s when other work takes the cores.\n")
+    print("| server | protocol | c | req/s | p50 ms | p99 ms | client CPU | server CPU | server CPU per request |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for protocol in args.protocols:
         for concurrency in args.concurrency:
             for server in servers:
                 r = medians.get((server.name, protocol, concurrency))
                 if r is not None:
                     print(f"| {server.name} | {protocol} | {concurrency} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | "
-                          f"{r.client_cpu:.0f}% | {r.server_cpu:.0f}% |")
+                          f"{r.client_cpu:.0f}% | {r.server_cpu:.0f}% | {r.server_cpu * 1e4 / r.rps:.0f} µs |")
     for server in servers:
         if server.failed:
-            print(f"| {server.name}: did not start: {server.failed[:300]} |||||||")
+            print(f"| {server.name}: did not start: {server.failed[:300]} ||||||||")
     for name, why in missing:
-        print(f"| {name}: {why} |||||||")
+        print(f"| {name}: {why} ||||||||")
 
     ours = [s.name for s in servers if s.name.startswith("servemesh") and not s.failed]
     peers = [s.name for s in servers if not s.name.startswith("servemesh") and not s.failed]
