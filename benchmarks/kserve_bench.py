@@ -698,6 +698,7 @@ def report(args: argparse.Namespace, servers: list[Server], missing: list[tuple[
                         cells.append(f"{m.rps / p.rps:.2f}x / {p.p50 / m.p50:.2f}x" if p else "-")
                     target = verdict(m, protocol, concurrency, medians)
                     print(f"| {mine} | {protocol} | {concurrency} | " + " | ".join(cells) + f" | {target} |")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (on {os.cpu_count()} CPUs)")
     notes = "; ".join(f"{s.name}: {s.note}" + (f", gRPC {s.grpc_form}" if s.grpc_form else "")
                       for s in servers if not s.failed)
     print(f"\n{notes}")
