@@ -80,7 +80,8 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 #: peer -> (pip requirement, module that proves the install)
 PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver"), "kserve": ("kserve", "kserve"),
-                 "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton")}
+                 "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton"),
+                 "py-spy": ("py-spy", "os")}  # --profile's sampler, a binary in its own venv
 DEFAULT_SERVERS = ["servemesh", "servemesh-async", "servemesh-remote", "servemesh-replica", "mlserver", "kserve",
                    "triton", "pytriton"]
 
@@ -354,7 +355,9 @@ def ensure_venv(peers_dir: Path, peer: str, install: bool) -> Path:
     requirement, module = PEER_PACKAGES[peer]
     venv = peers_dir / requirement
     python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0:
+    works = python.exists() and subprocess.run([str(python), "-c", f"import {module}"],
+                                               capture_output=True).returncode == 0
+    if works and (peer != "py-spy" or (venv / "bin" / "py-spy").exists()):
         return python
     if not install:
         raise RuntimeError(f"no venv with {requirement} in {venv} (run without --no-install to make it)")
@@ -547,6 +550,71 @@ def verify(server: Server) -> None:
         raise RuntimeError("; ".join(errors))
 
 
+# -- --profile: where a servemesh server's time goes ----------------------------------------------------
+#: (layer, substrings of a frame that belong to it), innermost frame first; the first layer that matches wins
+LAYERS = [
+    ("the model (a + b, a - b)", ("add_sub (",)),
+    ("OIP REST JSON decode / encode", ("tensors/rest.py", "_jsonbody.py")),
+    ("protobuf <-> tensors", ("pb_codec.py",)),
+    ("in-process hop: contents JSON encode / decode", ("capability/wire.py", "contents_json.py")),
+    ("tensor objects (InferTensor, numpy)", ("tensors/tensor.py", "datatypes.py", "tensors/types.py", "numpy",
+                                             "coerce.py")),
+    ("def handler's worker-thread hop", ("concurrent/futures", "threading.py", "handlers.py:12")),
+    ("routing + request plane", ("routing.py", "runtime/client.py", "runtime/serving.py", "transport/",
+                                 "replica.py", "handlers.py", "catalog.py", "capability/models.py")),
+    ("gateway glue (KServe service, stats, disconnect, mux, metrics)", ("gateway/kserve/", "gateway/kit/",
+                                                                         "prometheus")),
+    ("HTTP/1.1 (uvicorn h11, servemesh.http)", ("h11/", "uvicorn/", "servemesh/http/")),
+    ("grpcio server (C core, Cython)", ("grpc/", "cygrpc")),
+    ("asyncio / uvloop", ("asyncio/", "uvloop", "loop.c", "_asynciomodule")),
+]
+IDLE_LEAVES = ("epoll_wait", "epoll_pwait", "pthread_cond", "sem_wait", "sem_clockwait", "__lll_lock_wait", "futex",
+               "poll (libc", "select (libc")
+
+
+def layer_shares(path: Path) -> tuple[int, list[tuple[str, float]]]:
+    """(busy samples, [(layer, share)]) of a py-spy raw profile: samples whose innermost frame is a wait
+    (or an unnamed libc address: futex waits, mostly) are idle and left out."""
+    import collections
+    import re
+
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(i in leaf for i in IDLE_LEAVES) or re.fullmatch(r"0x[0-9a-f]+ \(libc[^)]*\)", leaf):
+            continue
+        layer = next((name for f in reversed(frames) for name, marks in LAYERS if any(m in f for m in marks)),
+                     "other")
+        counts[layer] += int(n)
+    busy = sum(counts.values())
+    return busy, [(k, v / busy) for k, v in counts.most_common()] if busy else []
+
+
+def profile(server: Server, args: argparse.Namespace, logs: Path, py_spy: Path) -> None:
+    """py-spy on the server's main process while this client loads it (not timed: sampling slows it)."""
+    for protocol in args.protocols:
+        if protocol not in server.protocols():
+            continue
+        for concurrency in args.concurrency:
+            out = logs / f"profile-{server.name}-{protocol}-c{concurrency}.txt"
+            spy = subprocess.Popen([str(py_spy), "record", "-p", str(server.proc.pid), "-d", str(args.profile),
+                                    "-r", "100", "--native", "-f", "raw", "-o", str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.5)
+            run_row(server, protocol, concurrency, args.profile + 0.5, 0.2)
+            _, err = spy.communicate(timeout=60)
+            if not out.exists():
+                print(f"  profile {server.name} {protocol} c={concurrency}: py-spy failed: "
+                      f"{err.decode(errors='replace').strip()[-300:]}")
+                continue
+            busy, shares = layer_shares(out)
+            print(f"\n{server.name} {protocol} c={concurrency}: {busy} busy samples ({out})")
+            for name, share in shares:
+                print(f"  {share:6.1%}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds timed per row and run")
@@ -569,6 +637,9 @@ def main() -> None:
                         help="the gateway's command; {python} {app} {http_port} {grpc_port} {tree} are filled in "
                              "({app} is empty for servemesh-remote) [servemesh gateway {app} --http-port ...]")
     parser.add_argument("--mlserver-workers", type=int, default=0, help="MLServer's parallel_workers [0]")
+    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                        help="after the table, py-spy each servemesh server this long per row (untimed) and "
+                             "print where its time goes, by layer (py-spy gets its own venv in --peers-dir)")
     parser.add_argument("--start-timeout", type=float, default=120)
     parser.add_argument("--logs", default=None, help="folder for the servers' output [a temporary one]")
     args = parser.parse_args()
@@ -628,6 +699,17 @@ def main() -> None:
                               f"p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  client CPU {r.client_cpu:4.0f}%  "
                               f"server CPU {r.server_cpu:4.0f}% ({r.server_cpu * 1e4 / r.rps:.0f} µs/req)", flush=True)
         report(args, servers, missing, results)
+        if args.profile:
+            try:
+                py_spy = ensure_venv(Path(args.peers_dir).expanduser(), "py-spy", not args.no_install).parent / "py-spy"
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                print(f"\nno profile: {exc}")
+            else:
+                print("\nWhere the time goes (py-spy --native; idle samples left out; each sample to the innermost "
+                      "frame of a layer):")
+                for server in live:
+                    if server.name.startswith("servemesh"):
+                        profile(server, args, logs, py_spy)
     finally:
         for server in reversed(started):
             stop_server(server)
