@@ -80,8 +80,8 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 #: peer -> (pip requirement, module that proves the install)
 PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver"), "kserve": ("kserve", "kserve"),
-                 "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton"),
-                 "py-spy": ("py-spy", "os")}  # --profile's sampler, a binary in its own venv
+                 "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton")}
+PY_SPY = ("py-spy", "os")  # --profile's sampler: a binary, in its own venv too
 DEFAULT_SERVERS = ["servemesh", "servemesh-async", "servemesh-remote", "servemesh-replica", "mlserver", "kserve",
                    "triton", "pytriton"]
 
@@ -350,14 +350,15 @@ def stop_server(server: Server) -> None:
         pass
 
 
-def ensure_venv(peers_dir: Path, peer: str, install: bool) -> Path:
-    """The peer's own venv (made with pip on first use); its python."""
-    requirement, module = PEER_PACKAGES[peer]
+def ensure_venv(peers_dir: Path, package: tuple[str, str], install: bool) -> Path:
+    """The venv of ``package`` (pip requirement, module proving the install), made with pip on first use;
+    its python."""
+    requirement, module = package
     venv = peers_dir / requirement
     python = venv / "bin" / "python"
     works = python.exists() and subprocess.run([str(python), "-c", f"import {module}"],
                                                capture_output=True).returncode == 0
-    if works and (peer != "py-spy" or (venv / "bin" / "py-spy").exists()):
+    if works and (package != PY_SPY or (venv / "bin" / "py-spy").exists()):
         return python
     if not install:
         raise RuntimeError(f"no venv with {requirement} in {venv} (run without --no-install to make it)")
@@ -442,7 +443,7 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
                                   registry_url=f"http://127.0.0.1:{api}/registry"))
         elif name in PEER_PACKAGES:
             try:
-                python = ensure_venv(peers_dir, name, not args.no_install)
+                python = ensure_venv(peers_dir, PEER_PACKAGES[name], not args.no_install)
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 missing.append((name, f"not installed: {exc}"))
                 continue
@@ -701,7 +702,7 @@ def main() -> None:
         report(args, servers, missing, results)
         if args.profile:
             try:
-                py_spy = ensure_venv(Path(args.peers_dir).expanduser(), "py-spy", not args.no_install).parent / "py-spy"
+                py_spy = ensure_venv(Path(args.peers_dir).expanduser(), PY_SPY, not args.no_install).parent / "py-spy"
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 print(f"\nno profile: {exc}")
             else:
