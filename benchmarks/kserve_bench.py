@@ -34,7 +34,8 @@ so that drifting background load spreads over all of them):
 - ``servemesh-capability``: the capability API server's ``/infer/json`` (contents JSON)
   in front of a replica; not OIP v2 REST, shown only when the tree has no gateway;
 - ``mlserver``: MLServer with a custom ``MLModel`` runtime, in-process inference
-  (``parallel_workers`` 0; ``--mlserver-workers``);
+  (``parallel_workers`` 0, ``--mlserver-workers``: MLServer 1.7.1's default of 1 fails
+  to load the model with uvloop 0.23, and is 2-3x slower on this model with uvloop 0.21);
 - ``kserve``: the ``kserve`` package's ``ModelServer`` with a ``kserve.Model``;
 - ``triton``: the ``tritonserver`` that ``nvidia-pytriton`` bundles, serving a Python-backend
   model (``model.py``, Triton's add_sub example) from a model repository, one instance;
