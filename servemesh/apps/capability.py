@@ -148,7 +148,7 @@ async def _registrar(runtime: DistributedRuntime, replica: Replica, api_server: 
         "capabilities": replica.app.get_capabilities(),
         "token": token or settings.capability_token or secrets.token_urlsafe(24),
         "servemesh": {"namespace": replica.namespace, "instance_id": runtime.instance_id, "transport": transport,
-                      "streams": [s.stream for s in replica.specs]},
+                      "streams": [s.stream for s in replica.specs], "models": replica.models()},
     }
     # the API server's key: the first of SERVEMESH_API_KEY (the mesh shares its keys)
     keys = [k.strip() for k in (settings.api_key or "").split(",") if k.strip()]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ..errors import Cancelled, ConfigError, DeadlineExceeded, ValidationError
+from ..errors import Cancelled, ConfigError, DeadlineExceeded, ServemeshError, ValidationError
 from ..runtime import Context as RuntimeContext
 from ..tensors import InferRequest, InferResponse, InferTensor, decode_contents_response
 from . import wire
@@ -111,6 +111,9 @@ class Context:
         unlink = self._runtime_ctx.on_stop(ctx.stop_generating)  # the caller left: so does the call
         try:
             data = await self.replica.forward(want, body, self.chain, self.call_depth, ctx, delegate=delegate)
+        except ServemeshError as exc:
+            exc.forwarded = True  # type: ignore[attr-defined]  # that replica's answer: it stands (handler_fault)
+            raise
         finally:
             unlink()
         return decode_contents_response(data)

@@ -62,7 +62,11 @@ class Replica:
 
     def record_capabilities(self) -> dict[str, Any]:
         return wire.record_capabilities(self.replica_id, self.endpoint, [s.labels for s in self.specs],
-                                        [s.stream for s in self.specs])
+                                        [s.stream for s in self.specs], self.models())
+
+    def models(self) -> list[dict[str, Any] | None]:
+        """Each handler's declared model metadata, for records and registrations."""
+        return [None if s.model is None else s.model.to_record() for s in self.specs]
 
     async def start(self) -> Replica:
         self._loop = asyncio.get_running_loop()
@@ -124,7 +128,7 @@ class Replica:
                 raise _streams(call.want)
             return await self.forward(call.want, call.body, call.chain, call.depth, ctx, delegate=True)
         hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
-        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response))
+        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response, hctx))
 
     async def _stream(self, call: wire.InferCall, ctx: RuntimeContext) -> AsyncIterator[bytes]:
         spec = self.find(call.want, True)
@@ -139,7 +143,7 @@ class Replica:
             return
         hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
         async for item in self.runner.stream(spec, call.body, wire.decode_request, hctx,
-                                             answer(wire.encode_response)):
+                                             answer(wire.encode_response, hctx)):
             yield item
 
     # -- delegation and calls --------------------------------------------------------------------
@@ -182,7 +186,7 @@ class Replica:
             data = await self.forward(want, wire.encode_request(request), chain, depth, ctx, delegate=True)
             return decode_contents_response(data)
         hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same))
+        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same, hctx))
         return response
 
 
@@ -202,7 +206,7 @@ class Replica:
                         yield decode_contents_response(item)
             return
         hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same)):
+        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same, hctx)):
             yield response
 
 

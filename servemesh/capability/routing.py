@@ -85,6 +85,10 @@ class CapabilityRouter:
                 del views[iid]
         return out
 
+    def generation(self) -> int | None:
+        """Changes whenever the live set of replicas does (``None``: unknown now)."""
+        return self._unary.generation if self._unary is not None else None
+
     def records(self) -> list[InstanceRecord]:
         """The live records of both endpoints of every replica."""
         return [r for c in (self._unary, self._stream) if c is not None for r in c.records().values()]

@@ -136,13 +136,17 @@ def check_replica_id(replica_id: str) -> str:
 
 # -- the records of a replica ------------------------------------------------------------------
 def record_capabilities(replica_id: str, endpoint: str, labels: Sequence[Mapping[str, Any]],
-                        streams: Sequence[bool] | None = None) -> dict[str, Any]:
+                        streams: Sequence[bool] | None = None,
+                        models: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
     """The ``capabilities`` of a replica's discovery records: its id, its OIP gRPC
-    endpoint, its handlers' label sets and which of them stream (``None``: unknown, as
-    for a replica registered by hand, which may serve either)."""
+    endpoint, its handlers' label sets, which of them stream (``None``: unknown, as
+    for a replica registered by hand, which may serve either) and the model metadata
+    each declared (``ModelSpec.to_record()``, or ``None``)."""
     caps: dict[str, Any] = {"replica_id": replica_id, "endpoint": endpoint, "capabilities": [dict(x) for x in labels]}
     if streams is not None:
         caps["streams"] = list(streams)
+    if models is not None and any(m is not None for m in models):
+        caps["models"] = [None if m is None else dict(m) for m in models]
     return caps
 
 
@@ -156,6 +160,8 @@ class ReplicaView(msgspec.Struct, frozen=True):
     #: normalized labels, for matching
     keys: tuple[Labels, ...]
     streams: tuple[bool | None, ...]
+    #: each handler's declared model metadata (``ModelSpec.to_record()``), or ``None``
+    models: tuple[Mapping[str, Any] | None, ...] = ()
 
     @classmethod
     def of(cls, instance_id: int, caps: Mapping[str, Any]) -> ReplicaView | None:
@@ -168,8 +174,12 @@ class ReplicaView(msgspec.Struct, frozen=True):
         flags: tuple[bool | None, ...] = (tuple(bool(s) for s in streams)
                                           if isinstance(streams, list) and len(streams) == len(sets)
                                           else (None,) * len(sets))
+        models = caps.get("models")
+        declared: tuple[Mapping[str, Any] | None, ...] = (
+            tuple(m if isinstance(m, dict) else None for m in models)
+            if isinstance(models, list) and len(models) == len(sets) else (None,) * len(sets))
         return cls(instance_id, rid, str(caps.get("endpoint") or ""), sets,
-                   tuple(normalized(x) for x in sets), flags)
+                   tuple(normalized(x) for x in sets), flags, declared)
 
     def serves(self, want: Mapping[str, Any], stream: bool | None) -> bool:
         """True if one of its handlers offers ``want`` (and streams, or not, as asked;

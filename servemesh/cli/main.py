@@ -204,12 +204,26 @@ def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, modu
 
 def _capability_commands() -> None:
     from .capability import api_server, serve
+    from .gateway import gateway
 
     app.command("serve")(serve)
     app.command("api-server")(api_server)
+    app.command("gateway")(gateway)
 
 
 _capability_commands()
+
+
+def _function_commands() -> None:
+    from .functions import build, new_app, serve_function, validate
+
+    app.command("validate")(validate)
+    app.command("serve-function")(serve_function)
+    app.command("build")(build)
+    app.add_typer(new_app, name="new")
+
+
+_function_commands()
 
 
 def main() -> None:

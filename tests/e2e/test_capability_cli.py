@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,10 +22,11 @@ import pytest
 
 from servemesh.testing import free_port, wait_http_ok, wait_until
 
+from .conftest import FAST
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "capability"
 APP = Path(__file__).resolve().parent / "capability_app.py"
-FAST = {"SERVEMESH_CAPABILITY_TTL": "2", "SERVEMESH_CAPABILITY_HEARTBEAT": "0.3", "SERVEMESH_INSTANCE_WAIT": "0.5"}
 
 
 def text_input(name: str, text: str) -> dict:
@@ -34,32 +35,6 @@ def text_input(name: str, text: str) -> dict:
 
 def output(body: dict, name: str) -> str:
     return next(o for o in body["outputs"] if o["name"] == name)["contents"]["bytes_contents"][0]
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `python -m servemesh.cli.main ...` or a script; all stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None, script: Path | None = None) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"proc-{len(started)}.log", "wb")
-        cmd = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "servemesh.cli.main", *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", **FAST, **(env or {})))
-        proc.log_path = tmp_path / f"proc-{len(started)}.log"  # type: ignore[attr-defined]
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def api_server(procs: Callable[..., subprocess.Popen[bytes]], env: dict[str, str] | None = None) -> str:

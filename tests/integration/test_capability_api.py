@@ -357,3 +357,78 @@ async def test_errors_of_a_delegate_come_back_to_the_original_caller():
         frames = sse((await http.post("/infer/stream", headers={"X-Capability-Type": "front-stream"}, json=TEXT)).text)
         assert [text_of(d) for _, d in frames] == ["you said Hello"]
         assert text_of(frames[0][1], "replica") == "rm"
+
+
+async def test_a_handler_s_own_mistakes_are_500s_never_the_caller_s_400s():
+    """What a handler gets wrong (no answer, a dict that is no response, a bad output
+    tensor, an object the store refuses) is a 500 with its type and message: the request
+    was fine. A bad ref the caller sent, and a delegate's own 400, stay 400s."""
+    app = App()
+
+    @app.capability(type="none")
+    def none(request, context):
+        return None
+
+    @app.capability(type="dict")
+    def not_a_response(request, context):
+        return {"foo": "bar"}
+
+    @app.capability(type="bad-output")
+    async def bad_output(request, context):
+        response = ModelInferResponse(model_name="m")
+        response.add_output(name="o", datatype="FP32", shape=[5], fp32_contents=[1.0])
+        return response
+
+    @app.capability(type="bad-stream", stream=True)
+    def bad_stream(request, context, stream):
+        stream.send(reply(request, "first"))
+        stream.send({"outputs": [{"name": "o", "datatype": "INT8", "shape": [1], "contents": {"int_contents": [999]}}]})
+
+    @app.capability(type="echo-id")
+    def echo_id(request, context):
+        response = ModelInferResponse()
+        response.add_output(name="response", datatype="BYTES", shape=[1], bytes_contents=[b"ok"])
+        return response
+
+    async with api_server() as (_, url), replica(app, "rh", url), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async def infer(kind: str, body: dict = TEXT) -> httpx.Response:
+            return await http.post("/infer/json", headers={"X-Capability-Type": kind}, json=body)
+
+        for kind, error_type, words in (("none", "SerializationError", "returned None"),
+                                         ("dict", "SerializationError", "'foo'"),
+                                         ("bad-output", "ValidationError", "'o'")):
+            answer = await infer(kind)
+            assert answer.status_code == 500, (kind, answer.text)
+            assert answer.json()["error_type"] == error_type and words in answer.json()["error"], answer.text
+            assert "param" not in answer.json()
+
+        stream = await http.post("/infer/stream", headers={"X-Capability-Type": "bad-stream"}, json=TEXT)
+        frames = sse(stream.text)
+        assert [name for name, _ in frames] == ["message", "error"]
+        assert frames[1][1]["status"] == 500 and "999" in frames[1][1]["error"]
+
+        echoed = await infer("echo-id", {**TEXT, "id": "req-42", "model_name": "m1"})
+        assert echoed.status_code == 200 and echoed.json()["id"] == "req-42" and echoed.json()["model_name"] == "m1"
+
+
+async def test_object_mistakes_of_a_handler_are_500s_and_a_bad_ref_from_the_caller_a_400(tmp_path):
+    app = App()
+
+    @app.capability(type="set-object")
+    def set_object(request, context):
+        context.objects.create({1, 2})  # a set: JSON cannot hold it, and pickle is off
+        return None
+
+    @app.capability(type="read-ref")
+    def read_ref(request, context):
+        return reply(request, str(context.objects.get(request.inputs[0].bytes_contents[0].decode())))
+
+    async with api_server() as (_, url), replica(app, "ro", url, object_store=str(tmp_path / "objects")), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        stored = await http.post("/infer/json", headers={"X-Capability-Type": "set-object"}, json=TEXT)
+        assert stored.status_code == 500 and stored.json()["error_type"] == "ObjectRefused", stored.text
+        bad_ref = {"inputs": [{"name": "ref", "datatype": "BYTES", "shape": [1],
+                               "contents": {"bytes_contents": ["../../etc/passwd"]}}]}
+        refused = await http.post("/infer/json", headers={"X-Capability-Type": "read-ref"}, json=bad_ref)
+        assert refused.status_code == 400, refused.text

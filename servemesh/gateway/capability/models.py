@@ -19,6 +19,8 @@ class ServemeshInfo(BaseModel):
     instance_id: int = Field(ge=1, lt=2**64)
     transport: dict[str, str] = Field(max_length=8)
     streams: list[bool] | None = Field(default=None, max_length=256)
+    #: each capability's declared model metadata (inputs, outputs, platform, versions), or null
+    models: list[dict[str, Any] | None] | None = Field(default=None, max_length=256)
 
 
 class RegisterRequest(BaseModel):

@@ -5,6 +5,7 @@
     describe(exc) -> Problem(status, message, type, code, param, retry_after, details)
 
     ApiError (a surface's own refusal)      its status
+    FunctionInputError                       422
     ValidationError, SerializationError      400
     ObjectNotFound, CapabilityNotFound       404
     RegistrationConflict                     409
@@ -46,6 +47,7 @@ from ...errors import (
     ConfigError,
     DeadlineExceeded,
     DelegationRefused,
+    FunctionInputError,
     InstanceUnavailable,
     NoInstancesError,
     ObjectNotFound,
@@ -103,6 +105,7 @@ class ApiError(Exception):
 
 # (class, status, type, code): the first match wins, so subclasses come first
 _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (FunctionInputError, 422, "invalid_request_error", "invalid_port"),
     (ValidationError, 400, "invalid_request_error", "invalid_value"),
     (ObjectNotFound, 404, "not_found_error", "object_not_found"),
     (CapabilityNotFound, 404, "not_found_error", "capability_not_found"),

@@ -13,11 +13,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Problem, describe
+from .errors import describe
 
 if TYPE_CHECKING:
     from . import GatewayKit
@@ -93,9 +92,7 @@ class KitMiddleware:
 
         admitted = scope["path"] not in kit.exempt
         if admitted and kit.inflight >= kit.max_inflight:
-            problem = Problem(429, f"the {kit.name} gateway is at its limit of {kit.max_inflight} requests in "
-                              "flight; retry later", "rate_limit_error", "overloaded", retry_after=1)
-            await self._respond(problem, scope, receive, send_with_id)
+            await kit.respond(kit.overloaded(), scope, receive, send_with_id)
             kit.metrics.observe(match_route(scope), 429, time.perf_counter() - started)
             return
         if admitted:
@@ -105,14 +102,10 @@ class KitMiddleware:
         except Exception as exc:
             # unhandled: answer in the surface's shape (the server logs the traceback)
             if not response_started:
-                await self._respond(describe(exc), scope, receive, send_with_id)
+                await kit.respond(describe(exc), scope, receive, send_with_id)
             raise
         finally:
             if admitted:
                 kit.inflight -= 1
             kit.metrics.observe(route_of(scope), status, time.perf_counter() - started)
 
-    async def _respond(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(problem.body(self.kit.shape), status_code=problem.status,
-                                headers=problem.headers())
-        await response(scope, receive, send)
