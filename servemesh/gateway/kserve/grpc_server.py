@@ -7,11 +7,12 @@ request of a stream is served as it arrives (at most ``STREAM_CONCURRENCY`` at o
 every response of a streaming (decoupled) model goes back as one message carrying the
 request's id, and a request that fails gets a message with ``error_message`` (and the
 request's id in ``infer_response``) while the stream goes on, as Triton does (a replica
-lost mid-stream too: never a short stream without an error). With Triton's ``triton_enable_empty_final_response`` a request's
-last message is an empty response marked ``triton_final_response``. A client that
-cancels stops the replicas' handlers. Errors become status codes through the kit's
-one table (``kit.grpc``); bytes that are not a ``ModelInferRequest`` are
-``INVALID_ARGUMENT`` (in a stream: that request's error response).
+lost mid-stream too: never a short stream without an error). With Triton's
+``triton_enable_empty_final_response`` a request's last message is an empty response
+marked ``triton_final_response``. A client that cancels stops the replicas' handlers.
+Errors become status codes through the kit's one table (``kit.grpc``); bytes that are
+not a ``ModelInferRequest`` are ``INVALID_ARGUMENT`` (in a stream: that request's error
+response).
 """
 
 from __future__ import annotations
