@@ -112,10 +112,13 @@ async def test_delegation_refused_keeps_its_status_across_grpc_hops():
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert err.value.details().startswith("delegation of capability {type=deep} refused: the chain r1 -> r2")
         # the API server -> r1 -> r2 (gRPC); the API server -> r2 (gRPC) with a chain at the limit
-        for headers, chain in (({"X-Capability-Type": "front"}, ["r1", "r2"]),
-                               ({"X-Capability-Type": "deep", "X-Delegated-From": "elsewhere",
-                                 "X-Delegation-Depth": "1"}, ["elsewhere", "r2"])):
-            refused = await http.post("/infer/json", headers=headers, json=TEXT)
+        # (streamed: r2's ModelStreamInfer error response carries the error's kind and fields)
+        for path, headers, chain in (("/infer/json", {"X-Capability-Type": "front"}, ["r1", "r2"]),
+                                     ("/infer/stream", {"X-Capability-Type": "front"}, ["r1", "r2"]),
+                                     *[(path, {"X-Capability-Type": "deep", "X-Delegated-From": "elsewhere",
+                                               "X-Delegation-Depth": "1"}, ["elsewhere", "r2"])
+                                       for path in ("/infer/json", "/infer/stream")]):
+            refused = await http.post(path, headers=headers, json=TEXT)
             assert refused.status_code == 508, refused.text
             body = refused.json()
             assert body["reason"] == "depth" and body["chain"] == chain
