@@ -36,20 +36,21 @@ from ..errors import (
     SerializationError,
     ServemeshError,
     StreamIncomplete,
+    UpstreamProtocolError,
     ValidationError,
 )
 
 Kind = Literal["remote", "validation", "serialization", "no_instances", "unavailable", "incomplete",
                "overloaded", "cancelled", "deadline", "protocol", "frame_too_large", "config",
                "discovery", "object_not_found", "object_too_large", "object_store_unavailable",
-               "capability_not_found", "delegation_refused", "function_input", "internal"]
+               "capability_not_found", "delegation_refused", "function_input", "upstream_protocol", "internal"]
 
 KINDS: dict[str, type[ServemeshError]] = {
     cls.kind: cls for cls in (
         RemoteError, ValidationError, SerializationError, NoInstancesError, InstanceUnavailable,
         StreamIncomplete, Overloaded, Cancelled, DeadlineExceeded, ProtocolError, FrameTooLarge,
         ConfigError, DiscoveryError, ObjectNotFound, ObjectTooLarge, ObjectStoreUnavailable, CapabilityNotFound,
-        DelegationRefused, FunctionInputError, ServemeshError,
+        DelegationRefused, FunctionInputError, UpstreamProtocolError, ServemeshError,
     )
 }
 assert set(KINDS) == set(Kind.__args__), "errortable: Kind and KINDS disagree"  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ SAMPLES = [
     errors.CapabilityNotFound({"type": "x"}, [{"type": "chat", "model": "demo"}]),
     errors.DelegationRefused("loop", ["r-a", "r-b"], 4, {"type": "a"}),
     errors.DelegationRefused("depth", ["r-a"], 1),
+    errors.UpstreamProtocolError("10.0.0.1:9000", "OIP v2 gRPC", "UNIMPLEMENTED"),
     errors.ServemeshError("something"),
 ]
 
