@@ -272,6 +272,9 @@ def test_start_up_mistakes_are_one_line_errors_not_tracebacks_or_endless_retries
     in_use = run("api-server", "--port", taken)
     assert in_use.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in in_use.stderr, in_use.stderr
     assert "Traceback" not in in_use.stderr
+    grpc_in_use = run("serve", f"{APP}:app", "--port", taken)
+    assert grpc_in_use.returncode == 1 and "cannot listen for gRPC" in grpc_in_use.stderr, grpc_in_use.stderr
+    assert "Traceback" not in grpc_in_use.stderr
 
     short = run("--port", "0", "--api-server", url, "--token", "abc", script=APP)
     assert short.returncode == 1 and "8 to 256 characters" in short.stderr, short.stderr

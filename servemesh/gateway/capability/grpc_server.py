@@ -35,7 +35,16 @@ from ...tensors import from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
 from ..kit import ApiError
-from ..kit.grpc import ERROR_KEY, GRPC_CODES, abort, add_inference_servicer, error_text, parse_request, problem_of
+from ..kit.grpc import (
+    ERROR_KEY,
+    GRPC_CODES,
+    abort,
+    add_inference_servicer,
+    bind_server,
+    error_text,
+    parse_request,
+    problem_of,
+)
 
 log = logging.getLogger("servemesh.gateway.capability.grpc")
 
@@ -158,13 +167,7 @@ class ReplicaGrpcServer:
     ``await server.start(replica)`` serves, ``await server.stop()`` ends."""
 
     def __init__(self, host: str, port: int, *, max_message: int = 64 * 1024 * 1024) -> None:
-        options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
-                   ("grpc.so_reuseport", 0)]
-        self._server = grpc.aio.server(options=options)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"cannot listen for gRPC on {address}")
+        self._server, self.port = bind_server(host, port, max_message)
         self.host = host
 
     async def start(self, replica: Replica) -> None:

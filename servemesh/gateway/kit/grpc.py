@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ...errors import ServemeshError, ValidationError
+from ...errors import ConfigError, ServemeshError, ValidationError
 from ...runtime import errortable
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from .errors import Problem, describe
@@ -134,3 +134,19 @@ def add_inference_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=deserialize,
                                      response_serializer=response_cls.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def bind_server(host: str, port: int, max_message: int) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server bound to ``host:port`` (0: a free port) and the port it got; a port
+    that cannot be had is a ``ConfigError`` that says which."""
+    options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=options)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+        raise ConfigError(f"cannot listen for gRPC on {address}: {exc} (is the port in use?)") from None
+    if not bound:
+        raise ConfigError(f"cannot listen for gRPC on {address} (is the port in use?)")
+    return server, bound

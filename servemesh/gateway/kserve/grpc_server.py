@@ -31,7 +31,7 @@ from ...tensors import InferRequest, from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
 from ..kit import ApiError
-from ..kit.grpc import add_inference_servicer, parse_request, problem_of
+from ..kit.grpc import add_inference_servicer, bind_server, parse_request, problem_of
 from .service import ENABLE_FINAL, EXTENSIONS, FINAL, KServeService
 
 log = logging.getLogger("servemesh.gateway.kserve.grpc")
@@ -150,13 +150,7 @@ class KServeGrpcServer:
     ``await server.start(service)`` serves, ``await server.stop()`` ends."""
 
     def __init__(self, host: str, port: int, *, max_message: int = 64 * 1024 * 1024) -> None:
-        options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
-                   ("grpc.so_reuseport", 0)]
-        self._server = grpc.aio.server(options=options)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"cannot listen for gRPC on {address}")
+        self._server, self.port = bind_server(host, port, max_message)
         self.host = host
 
     @property
