@@ -537,3 +537,23 @@ async def test_registrations_are_checked_and_a_newer_replica_s_extra_fields_are_
                                                "capabilities": [{"type": f"t{i}"}]})
         missing = await http.post("/infer/json", headers={"X-Capability-Type": "nope"}, json=TEXT)
         assert missing.status_code == 404 and len(missing.json()["available"]) == 50
+
+
+async def test_the_api_server_s_request_timeout_bounds_unary_calls_and_streams():
+    app = App()
+
+    @app.capability(type="slow")
+    async def slow(request, context):
+        await asyncio.sleep(30)
+        return reply(request, "late")
+
+    @app.capability(type="slow-stream", stream=True)
+    async def slow_stream(request, context, stream):
+        await asyncio.sleep(30)
+
+    async with api_server(request_timeout=1.0) as (_, url), replica(app, "rt", url), \
+            httpx.AsyncClient(base_url=url, timeout=20) as http:
+        unary = await http.post("/infer/json", headers={"X-Capability-Type": "slow"}, json=TEXT)
+        assert unary.status_code == 504 and unary.json()["code"] == "deadline_exceeded", unary.text
+        stream = await http.post("/infer/stream", headers={"X-Capability-Type": "slow-stream"}, json=TEXT)
+        assert stream.status_code == 504, stream.text
