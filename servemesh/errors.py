@@ -346,13 +346,15 @@ class RegistrationConflict(ServemeshError):
     """A replica id is registered from another endpoint, and the new registration does not
     carry its token. Raised by an API server; it never crosses the request plane."""
 
-    def __init__(self, replica_id: str, endpoint: str, registered: str) -> None:
+    def __init__(self, replica_id: str, endpoint: str, registered: str, why: str = "") -> None:
         self.replica_id = replica_id
         self.endpoint = endpoint
         self.registered = registered
+        why = why or (f"it is registered from {registered}, not {endpoint}" if endpoint != registered
+                      else "it was registered with a token, and this request does not carry that token")
         super().__init__(
-            f"replica {replica_id!r} is registered from {registered}, not {endpoint}: re-register it with the "
-            "token it registered with, unregister it first, or wait until its registration expires"
+            f"replica {replica_id!r} belongs to another registration ({why}): send the token it registered with, "
+            "unregister it first, or wait until its registration expires"
         )
 
 

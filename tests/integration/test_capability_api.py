@@ -557,3 +557,12 @@ async def test_the_api_server_s_request_timeout_bounds_unary_calls_and_streams()
         assert unary.status_code == 504 and unary.json()["code"] == "deadline_exceeded", unary.text
         stream = await http.post("/infer/stream", headers={"X-Capability-Type": "slow-stream"}, json=TEXT)
         assert stream.status_code == 504, stream.text
+
+
+async def test_a_registration_sent_as_a_form_is_told_to_send_json():
+    async with api_server() as (_, url), httpx.AsyncClient(base_url=url, timeout=10) as http:
+        body = json.dumps({"replica_id": "x", "endpoint": "h:1", "capabilities": [{"type": "x"}]})
+        as_form = await http.post("/register", content=body,
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # curl -d
+        assert as_form.status_code == 400 and as_form.json()["param"] == "body", as_form.text
+        assert "Content-Type: application/json" in as_form.json()["error"]
