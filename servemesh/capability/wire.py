@@ -108,7 +108,14 @@ def want_from_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
             if not key or not _LABEL_KEY.fullmatch(key):
                 raise ValidationError(f"header {name.decode('latin-1')!r} names no capability label",
                                       field=name.decode("latin-1"))
-            want[key] = value.decode("latin-1").strip()
+            try:
+                text = value.decode("utf-8").strip()  # what clients send; HTTP's own Latin-1 otherwise
+            except UnicodeDecodeError:
+                text = value.decode("latin-1").strip()
+            if want.get(key, text) != text:
+                raise ValidationError(f"header {name.decode('latin-1')} is given twice, as {want[key]!r:.40} and "
+                                      f"{text!r:.40}: give each label once", field=name.decode("latin-1"))
+            want[key] = text
     return want
 
 

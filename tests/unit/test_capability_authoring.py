@@ -76,6 +76,15 @@ def test_headers_become_labels_and_values_coerce():
     assert wire.matches(wire.normalized({"flag": True}), {"flag": "true"})
 
 
+def test_label_headers_are_utf8_and_given_once():
+    assert wire.want_from_headers([(b"x-capability-city", "wého".encode())]) == {"city": "wého"}
+    assert wire.want_from_headers([(b"x-capability-a", b"\xe9")]) == {"a": "é"}  # not UTF-8: Latin-1
+    assert wire.want_from_headers([(b"x-capability-gpus", b"2"), (b"x-capability-gpus", b"2")]) == {"gpus": "2"}
+    with pytest.raises(ValidationError, match="twice") as twice:
+        wire.want_from_headers([(b"x-capability-gpus", b"2"), (b"x-capability-gpus", b"3")])
+    assert twice.value.field == "x-capability-gpus"
+
+
 def test_delegation_headers():
     assert wire.chain_from_headers("a, b", None) == (["a", "b"], 2)
     assert wire.chain_from_headers("a", "3") == (["a"], 3)
