@@ -171,3 +171,47 @@ def test_a_registry_reference_as_base(registry: RegistryServer, tmp_path: Path, 
         report = push(image, client)  # the base's layers are read from the base's repository
         # 3 base layers, the app layer, the config (the dependency layer equals the base's: one blob)
         assert report.manifest_put and len(report.uploaded) == 5 and report.present == 0
+
+
+def test_the_cli_refuses_overwrites_and_breaking_changes_and_builds_cuda(registry: RegistryServer, tmp_path: Path,
+                                                                        rootfs: Path) -> None:
+    """What a user sees: exit 1 with the refusal (and the diff), `--force` overwriting, `--cuda`
+    taking SERVEMESH_FUNCTION_CUDA_BASE."""
+    fns = tmp_path / "fns"
+    env = dict(os.environ, SERVEMESH_STATE_DIR=str(tmp_path / "state"))
+
+    def cli(target: Path, *extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "servemesh", "build", str(target), "--registry",
+                               f"{registry.host}/cli", "--no-servemesh-deps", *extra], capture_output=True,
+                              text=True, timeout=120, env=dict(env, **more_env))
+
+    first = cli(write_function(fns, name="cmd"), "--base", str(rootfs), "--push")
+    assert first.returncode == 0, first.stderr
+    changed = write_function(fns, name="cmd", expression="inputs.text + '?'")
+    refused = cli(changed, "--base", str(rootfs), "--push")
+    assert refused.returncode == 1 and "already pushed" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    forced = cli(changed, "--base", str(rootfs), "--push", "--force")
+    assert forced.returncode == 0, forced.stderr
+    with RegistryClient(registry.host) as client:
+        found = client.get_manifest("cli/cmd", "1.0.0")
+    assert found is not None and found[2] in forced.stdout  # the tag names the forced build now
+
+    breaking = cli(write_function(fns, name="cmd", version="1.1.0", inputs="words: list[str]"), "--base",
+                   str(rootfs), "--push")
+    assert breaking.returncode == 1, breaking.stdout
+    assert "breaks 1.0.0 without a major version bump (1.0.0 -> 1.1.0); make it 2.0.0" in breaking.stderr
+    assert '  - inputs.text: removed ({"type":"string"})' in breaking.stderr
+    with RegistryClient(registry.host) as client:
+        assert client.tags("cli/cmd") == ["1.0.0"]
+
+    # --cuda: the configured CUDA base (here an OCI layout written by --output), not --base / FROM
+    layout = tmp_path / "cuda-layout"
+    made = cli(write_function(fns, name="cudabase"), "--base", str(rootfs), "--output", str(layout))
+    assert made.returncode == 0, made.stderr
+    cuda = cli(write_function(fns, name="oncuda"), "--cuda", "--output", str(tmp_path / "out"),
+               SERVEMESH_FUNCTION_CUDA_BASE=f"oci:{layout}:1.0.0")
+    assert cuda.returncode == 0, cuda.stderr
+    assert f"base oci:{layout}:1.0.0" in cuda.stdout and "(5 layers" in cuda.stdout
+    missing = cli(write_function(fns, name="oncuda"), "--cuda")
+    assert missing.returncode == 1 and "SERVEMESH_FUNCTION_CUDA_BASE" in missing.stderr
