@@ -32,20 +32,20 @@ def rootfs_tar(path: Path) -> Path:
     return path
 
 
-def write_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:
-    """A pure-Python wheel (``py3-none-any``) written by hand: ``files`` are paths in the wheel."""
+def write_wheel(directory: Path, name: str, version: str, files: dict[str, str], tag: str = "py3-none-any") -> Path:
+    """A pure-Python wheel written by hand, for the Pythons ``tag`` names: ``files`` are paths in the wheel."""
     directory.mkdir(parents=True, exist_ok=True)
     info = f"{name}-{version}.dist-info"
     entries = {**files,
                f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
                f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: servemesh-tests\nRoot-Is-Purelib: true\n"
-                                "Tag: py3-none-any\n"}
+                                f"Tag: {tag}\n"}
     record = []
     for path, text in entries.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
         record.append(f"{path},sha256={digest},{len(text.encode())}")
     entries[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    wheel = directory / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         for path, text in entries.items():
             zf.writestr(path, text)

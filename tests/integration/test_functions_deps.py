@@ -117,3 +117,29 @@ def test_requirements_are_installed_offline_cached_and_served_from_the_image(
         assert servemesh_file == str(root / site / "servemesh" / "__init__.py")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_requirements_are_resolved_for_the_base_images_python(tmp_path: Path) -> None:
+    """pip resolves for the Python the base's config names (``PYTHON_VERSION``), else
+    ``SERVEMESH_FUNCTION_PYTHON``: never this machine's. The wheel here is for 3.12 only."""
+    from servemesh.functions.build.oci import write_layout
+
+    wheels = tmp_path / "wheels"
+    write_wheel(wheels, PKG, "1.0", {f"{PKG}/__init__.py": 'VALUE = "for 3.12"\n'}, tag="py312-none-any")
+    base_fn = write_function(tmp_path / "base", name="pybase",
+                             dockerfile="FROM scratch\nENV PYTHON_VERSION=3.12.4\nCOPY . /base\n")
+    base = build(base_fn, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False))
+    write_layout(tmp_path / "layout", "base", base.manifest, base.blobs())
+
+    target = function_with_requirement(tmp_path / "fns", f"{PKG}==1.0")
+
+    def options(base_ref: str, python: str = "3.11") -> BuildOptions:
+        return BuildOptions(registry="r.example/x", cache=tmp_path / "cache", base=base_ref, python=python,
+                            servemesh_deps=False, find_links=[str(wheels)])
+
+    on_312 = build(target, options(f"oci:{tmp_path / 'layout'}:base"))
+    assert f"{SITE.lstrip('/')}/{PKG}/__init__.py" in layer_files(on_312.layers[len(base.layers)].fetch())
+    with pytest.raises(BuildError, match=f"(?s)for Python 3.11 .*No matching distribution found for {PKG}"):
+        build(target, options("scratch"))  # no PYTHON_VERSION: the default, 3.11
+    assert build(target, options("scratch", python="3.12")).layers[0].digest == \
+        on_312.layers[len(base.layers)].digest  # SERVEMESH_FUNCTION_PYTHON=3.12: the same dependency layer
