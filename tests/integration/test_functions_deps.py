@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from servemesh.errors import BuildError
-from servemesh.functions.build import BuildOptions, RegistryClient, build, push
+from servemesh.functions.build import BuildOptions, RegistryClient, build
 from servemesh.functions.build.deps import SITE
 from servemesh.testing import RegistryServer
 from tests.functions.dirs import write_function
@@ -92,7 +92,7 @@ def test_requirements_are_installed_offline_cached_and_served_from_the_image(
     assert build(target, opts).digest == first.digest
     uncached = BuildOptions(registry=opts.registry, cache=tmp_path / "cache-2", base=str(rootfs),
                             servemesh_deps=False, find_links=[str(wheels)])
-    with pytest.raises(BuildError, match=f"(?s)pip could not install the requirements.*No matching distribution found for {PKG}==1.0"):
+    with pytest.raises(BuildError, match=f"(?s)pip could not install.*No matching distribution found for {PKG}==1.0"):
         build(target, uncached)
     (tmp_path / "wheels-away").rename(tmp_path / "wheels")
 
