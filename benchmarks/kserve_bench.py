@@ -24,10 +24,12 @@ so that drifting background load spreads over all of them):
 
 - ``servemesh``: ``servemesh gateway examples/kserve/add_sub.py:app`` of
   ``--servemesh-tree`` (default this checkout): OIP v2 REST and gRPC, the app served in
-  the gateway's process (its handler is a ``def``: it runs in a worker thread);
-  ``--servemesh-cmd`` / ``--servemesh-app`` change what is started;
-- ``servemesh-async``: the same gateway serving kserve_peers/servemesh_app.py, whose
-  handler is ``async def`` (on the event loop, as the peers' predict methods are);
+  the gateway's process (its handler is ``async def``: on the event loop, as the peers'
+  predict methods are); ``--servemesh-cmd`` / ``--servemesh-app`` change what is started;
+- ``servemesh-def``: the same gateway serving kserve_peers/servemesh_def_app.py, whose
+  handler is a ``def`` (it runs in a worker thread);
+- ``servemesh-async`` (not by default): the same gateway serving kserve_peers/servemesh_app.py,
+  an ``async def`` handler without declared metadata;
 - ``servemesh-remote``: the gateway with no app, and the app in a replica process
   (``servemesh serve ... --api-server``) that registered with it;
 - ``servemesh-replica``: that replica's own OIP v2 gRPC port, no gateway in front;
@@ -83,7 +85,7 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver"), "kserve": ("kserve", "kserve"),
                  "triton": ("nvidia-pytriton", "pytriton"), "pytriton": ("nvidia-pytriton", "pytriton")}
 PY_SPY = ("py-spy", "os")  # --profile's sampler: a binary, in its own venv too
-DEFAULT_SERVERS = ["servemesh", "servemesh-async", "servemesh-remote", "servemesh-replica", "mlserver", "kserve",
+DEFAULT_SERVERS = ["servemesh", "servemesh-def", "servemesh-remote", "servemesh-replica", "mlserver", "kserve",
                    "triton", "pytriton"]
 
 
@@ -409,10 +411,11 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
     app = servemesh_app(args, tree)
     versions = {"servemesh tree": f"{tree} ({git_head(tree)})", "servemesh app": app}
     for name in names:
-        if name in ("servemesh", "servemesh-async", "servemesh-remote"):
+        if name in ("servemesh", "servemesh-async", "servemesh-def", "servemesh-remote"):
             http, grpc_ = free_port(), free_port()
             local = name != "servemesh-remote"
-            served = f"{PEERS / 'servemesh_app.py'}:app" if name == "servemesh-async" else app
+            served = (f"{PEERS / 'servemesh_app.py'}:app" if name == "servemesh-async" else
+                      f"{PEERS / 'servemesh_def_app.py'}:app" if name == "servemesh-def" else app)
             cmd = servemesh_gateway_cmd(args, tree, served if local else None, http, grpc_)
             if cmd is None:
                 missing.append((name, f"no OIP v2 gateway in {tree} (no servemesh gateway, no --servemesh-cmd)"))
@@ -423,7 +426,9 @@ def make_servers(args: argparse.Namespace, names: list[str]) -> tuple[list[Serve
             servers.append(Server(name, cmd, sm_env, tree, http_port=http, grpc_port=grpc_,
                                   ready_url=f"http://127.0.0.1:{http}/v2/health/live",
                                   note=("gateway, the async def app (kserve_peers/servemesh_app.py) in its process"
-                                        if name == "servemesh-async" else "gateway, the app served in its process"
+                                        if name == "servemesh-async" else
+                                        "gateway, the def app (kserve_peers/servemesh_def_app.py) in its process"
+                                        if name == "servemesh-def" else "gateway, the app served in its process"
                                         if local else "gateway -> a replica process (request plane)"),
                                   companions=replicas, registry_url=None if local else
                                   f"http://127.0.0.1:{http}/registry"))

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError, DeadlineExceeded, ServemeshError, ValidationError
 from ..runtime import Context as RuntimeContext
-from ..tensors import InferRequest, InferResponse, InferTensor, decode_contents_response
+from ..tensors import InferRequest, InferResponse, InferTensor
 from . import wire
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Context:
             raise
         finally:
             unlink()
-        return decode_contents_response(data)
+        return wire.response_of(data)
 
     def _blocking(self, name: str, async_name: str, op: Coroutine[Any, Any, T]) -> T:
         loop = self.replica.loop

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CapabilityNotFound, ConfigError, DelegationRefused, ValidationError
 from ..runtime import Context as RuntimeContext
-from ..tensors import InferRequest, InferResponse, decode_contents_response
+from ..tensors import InferRequest, InferResponse
 from . import wire
 from .app import App, CapabilitySpec
 from .context import Context
@@ -131,21 +131,30 @@ class Replica:
             raise DelegationRefused("loop", [*wire.replicas_of(chain), self.replica_id], self.max_depth, dict(want))
 
     # -- the runtime endpoints -----------------------------------------------------------------
-    async def _infer(self, call: wire.InferCall, ctx: RuntimeContext) -> bytes:
+    async def _infer(self, call: wire.InferCall, ctx: RuntimeContext) -> bytes | InferResponse:
+        """A unary call: contents JSON in and out, or (a ``LocalCall`` from this process)
+        the decoded request in and the handler's ``InferResponse`` out."""
+        local = type(call) is wire.LocalCall
+        body: bytes | InferRequest = call.request if local else call.body  # type: ignore[attr-defined]
         spec = self.find(call.want, False)
         if spec is None:
             if self.streams_only(call.want):
                 raise _streams(call.want)
             self._check_loop(call.want, call.chain)
-            return await self.forward(call.want, call.body, call.chain, call.depth, ctx, delegate=True)
-        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, call.body)
-        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response, hctx))
+            return await self.forward(call.want, body, call.chain, call.depth, ctx, delegate=True)
+        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, None if local else call.body)
+        if local:
+            return await self.runner.unary(spec, body, _same, hctx, answer(_same, hctx))  # type: ignore[no-any-return]
+        return await self.runner.unary(spec, body, wire.decode_request, hctx,  # type: ignore[no-any-return]
+                                       answer(wire.encode_response, hctx))
 
-    async def _stream(self, call: wire.InferCall, ctx: RuntimeContext) -> AsyncIterator[bytes]:
+    async def _stream(self, call: wire.InferCall, ctx: RuntimeContext) -> AsyncIterator[bytes | InferResponse]:
+        local = type(call) is wire.LocalCall
+        body: bytes | InferRequest = call.request if local else call.body  # type: ignore[attr-defined]
         spec = self.find(call.want, True)
         if spec is None:
             self._check_loop(call.want, call.chain)
-            first, rest = await self.forward_stream(call.want, call.body, call.chain, call.depth, ctx)
+            first, rest = await self.forward_stream(call.want, body, call.chain, call.depth, ctx)
             if first is None:
                 return
             yield first
@@ -153,13 +162,13 @@ class Replica:
                 for item in batch:
                     yield item
             return
-        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, call.body)
-        async for item in self.runner.stream(spec, call.body, wire.decode_request, hctx,
-                                             answer(wire.encode_response, hctx)):
+        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, None if local else call.body)
+        decode, encode = (_same, _same) if local else (wire.decode_request, wire.encode_response)
+        async for item in self.runner.stream(spec, body, decode, hctx, answer(encode, hctx)):
             yield item
 
     # -- delegation and calls --------------------------------------------------------------------
-    def _next_hop(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
+    def _next_hop(self, want: Mapping[str, str], body: bytes | InferRequest, chain: list[str], depth: int,
                   delegate: bool, stream: bool, received: Mapping[str, Any]) -> tuple[wire.InferCall, Collection[str]]:
         """The call to pass on, and the replicas it must not go to. ``received``: the
         labels this replica was asked for (its hop in the chain)."""
@@ -171,11 +180,14 @@ class Replica:
             everyone = self.router.candidates(want, True if stream else False)
             if everyone and all(v.replica_id in exclude for v in everyone):
                 raise DelegationRefused("loop", wire.replicas_of(chain), self.max_depth, dict(want))
-        return wire.InferCall(body, dict(want), chain, depth + 1), exclude
+        return wire.make_call(body, dict(want), chain, depth + 1), exclude
 
-    async def forward(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                      ctx: RuntimeContext, *, delegate: bool, received: Mapping[str, Any] | None = None) -> bytes:
-        """The answer of another replica that serves ``want``, to ``body`` (``delegate``:
+    async def forward(self, want: Mapping[str, str], body: bytes | InferRequest, chain: list[str], depth: int,
+                      ctx: RuntimeContext, *, delegate: bool,
+                      received: Mapping[str, Any] | None = None) -> bytes | InferResponse:
+        """The answer of another replica that serves ``want``, to ``body`` (contents JSON,
+        or a decoded request: the answer is then an ``InferResponse`` where a replica in
+        this process took it; ``wire.response_of`` reads either) (``delegate``:
         never one already asked for ``want`` on the way). ``received``: the labels this
         replica was asked for (default ``want``: it cannot serve them itself)."""
         call, exclude = self._next_hop(want, body, chain, depth, delegate, False,
@@ -184,9 +196,9 @@ class Replica:
             log.debug("replica %s delegates %s to another replica (chain %s)", self.replica_id, want, call.chain)
         return await self.router.unary(call, ctx, exclude)
 
-    async def forward_stream(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                             ctx: RuntimeContext, received: Mapping[str, Any] | None = None,
-                             ) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
+    async def forward_stream(self, want: Mapping[str, str], body: bytes | InferRequest, chain: list[str],
+                             depth: int, ctx: RuntimeContext, received: Mapping[str, Any] | None = None,
+                             ) -> tuple[Any, AsyncIterator[list[Any]]]:
         call, exclude = self._next_hop(want, body, chain, depth, True, True, want if received is None else received)
         return await self.router.stream(call, ctx, exclude)
 
@@ -201,8 +213,7 @@ class Replica:
             if self.streams_only(want):
                 raise _streams(want)
             self._check_loop(want, chain)
-            data = await self.forward(want, wire.encode_request(request), chain, depth, ctx, delegate=True)
-            return decode_contents_response(data)
+            return wire.response_of(await self.forward(want, request, chain, depth, ctx, delegate=True))
         hctx = self.context(spec, want, ctx, chain, depth, None)
         response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same, hctx))
         return response
@@ -217,12 +228,12 @@ class Replica:
             if not want:
                 raise CapabilityNotFound({"model": request.model_name}, self.app.get_capabilities())
             self._check_loop(want, chain)
-            first, rest = await self.forward_stream(want, wire.encode_request(request), chain, depth, ctx)
+            first, rest = await self.forward_stream(want, request, chain, depth, ctx)
             if first is not None:
-                yield decode_contents_response(first)
+                yield wire.response_of(first)
                 async for batch in rest:
                     for item in batch:
-                        yield decode_contents_response(item)
+                        yield wire.response_of(item)
             return
         hctx = self.context(spec, want, ctx, chain, depth, None)
         async for response in self.runner.stream(spec, request, _same, hctx, answer(_same, hctx)):

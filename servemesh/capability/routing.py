@@ -25,6 +25,7 @@ from ..errors import (
 from ..runtime import Client, Context, ResponseStream
 from ..runtime.records import InstanceRecord
 from ..runtime.routing import LeastLoaded
+from ..tensors import InferResponse
 from . import wire
 
 if TYPE_CHECKING:
@@ -160,11 +161,15 @@ class CapabilityRouter:
         return CapabilityNotFound(dict(want), available)
 
     # -- calls --------------------------------------------------------------------------------
-    async def unary(self, call: wire.InferCall, ctx: Context, exclude: Collection[str] = ()) -> bytes:
-        """The answer of a replica serving ``call.want`` (one that is not in ``exclude``)."""
+    async def unary(self, call: wire.InferCall, ctx: Context,
+                    exclude: Collection[str] = ()) -> bytes | InferResponse:
+        """The answer of a replica serving ``call.want`` (one that is not in ``exclude``):
+        contents JSON, or, for a ``LocalCall`` that a replica in this process took, its
+        ``InferResponse`` (``wire.response_of`` reads either)."""
         client = self._unary
         if client is None:
             raise NoInstancesError(self.unary_path, [])
+        remote: wire.InferCall | None = None if type(call) is wire.LocalCall else call
         tried: set[int] = set()
         last: ServemeshError | None = None
         refreshed = False
@@ -180,8 +185,12 @@ class CapabilityRouter:
             tried.add(iid)
             load = self._load
             load[iid] = load.get(iid, 0) + 1
+            if iid == self.runtime.instance_id:  # a replica in this process: called in process
+                send = call
+            else:
+                send = remote = remote if remote is not None else wire.remote_call(call)
             try:
-                return await client.one(call, iid, context=ctx)  # type: ignore[no-any-return]
+                return await client.one(send, iid, context=ctx)  # type: ignore[no-any-return]
             except (InstanceUnavailable, Overloaded) as exc:
                 if not _refused_by(exc, iid):
                     raise
@@ -194,13 +203,16 @@ class CapabilityRouter:
                 self._release(iid)
 
     async def stream(self, call: wire.InferCall, ctx: Context,
-                     exclude: Collection[str] = ()) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
+                     exclude: Collection[str] = ()) -> tuple[Any, AsyncIterator[list[Any]]]:
         """The first response of a replica serving ``call.want`` and the rest of its
         stream (failing over until the first one arrived), in batches: each holds what had
-        arrived when it was read, in order. ``None`` first: it sent nothing."""
+        arrived when it was read, in order. ``None`` first: it sent nothing. Responses
+        are contents JSON, or ``InferResponse`` objects where a replica in this process
+        took a ``LocalCall`` (as ``unary``)."""
         client = self._stream
         if client is None:
             raise NoInstancesError(self.stream_path, [])
+        remote: wire.InferCall | None = None if type(call) is wire.LocalCall else call
         tried: set[int] = set()
         last: ServemeshError | None = None
         refreshed = False
@@ -218,7 +230,11 @@ class CapabilityRouter:
                 continue
             load = self._load
             load[iid] = load.get(iid, 0) + 1
-            response = client.direct(call, iid, context=ctx, annotated=False)
+            if iid == self.runtime.instance_id:  # a replica in this process: called in process
+                send = call
+            else:
+                send = remote = remote if remote is not None else wire.remote_call(call)
+            response = client.direct(send, iid, context=ctx, annotated=False)
             try:
                 first = await response.__anext__()
             except BaseException as exc:
@@ -242,7 +258,7 @@ class CapabilityRouter:
         else:
             load.pop(iid, None)
 
-    async def _rest(self, response: ResponseStream, iid: int) -> AsyncIterator[list[bytes]]:
+    async def _rest(self, response: ResponseStream, iid: int) -> AsyncIterator[list[Any]]:
         try:
             items = response.__aiter__()
             async for item in items:
@@ -270,7 +286,7 @@ def _refused_by(exc: InstanceUnavailable | Overloaded, iid: int) -> bool:
     return True
 
 
-async def _empty() -> AsyncIterator[list[bytes]]:
+async def _empty() -> AsyncIterator[list[Any]]:
     return
     yield  # pragma: no cover
 

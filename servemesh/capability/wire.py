@@ -23,7 +23,13 @@ import msgspec
 
 from ..errors import ConfigError, ValidationError
 from ..runtime.records import capabilities_match
-from ..tensors import InferRequest, InferResponse, decode_contents_request, encode_contents_response
+from ..tensors import (
+    InferRequest,
+    InferResponse,
+    decode_contents_request,
+    decode_contents_response,
+    encode_contents_response,
+)
 from ..tensors.contents_json import encode_contents_request
 
 #: the component and endpoints every replica serves in the capability namespace
@@ -59,6 +65,37 @@ class InferCall(msgspec.Struct, array_like=True, omit_defaults=True):
     chain: list[str] = []
     #: how many delegations it went through (at least ``len(chain)``)
     depth: int = 0
+
+
+class LocalCall(InferCall):
+    """An :class:`InferCall` to a replica in the caller's own process: the decoded
+    ``request`` travels as it is (``body`` stays empty), and the replica answers with
+    its ``InferResponse`` object, not contents JSON. Never sent over the wire: the
+    router encodes it (:func:`remote_call`) when the replica it chose is elsewhere."""
+
+    request: Any = None
+
+
+def make_call(body: bytes | InferRequest, want: dict[str, str], chain: list[str] | None = None,
+              depth: int = 0) -> InferCall:
+    """The call carrying ``body``: contents JSON as it is, or a decoded request (a
+    :class:`LocalCall`, encoded only if it has to leave the process)."""
+    if isinstance(body, bytes):
+        return InferCall(body, want, chain or [], depth)
+    return LocalCall(b"", want, chain or [], depth, body)
+
+
+def remote_call(call: InferCall) -> InferCall:
+    """``call`` as it travels to another process: a :class:`LocalCall`'s request encoded."""
+    if type(call) is LocalCall:
+        return InferCall(encode_request(call.request), call.want, call.chain, call.depth)
+    return call
+
+
+def response_of(data: bytes | InferResponse) -> InferResponse:
+    """A replica's answer as an ``InferResponse``: contents JSON decoded, or the object a
+    replica in this process gave."""
+    return decode_contents_response(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
 def paths(namespace: str) -> tuple[str, str]:

@@ -2,8 +2,10 @@
 
 uvicorn bounds neither: a connection that sends nothing, or a head one byte at a
 time (slowloris), is kept forever, and ``limit_concurrency`` answers only once a
-request arrived. :class:`GuardedH11Protocol` is uvicorn's h11 protocol plus
-:class:`ConnectionGuard`'s rules:
+request arrived. :class:`GuardedHttpToolsProtocol` is uvicorn's httptools protocol (the
+C parser: what servers use) plus :class:`ConnectionGuard`'s rules;
+:class:`GuardedH11Protocol` is the same on uvicorn's pure-Python h11 protocol (where
+httptools is not installed):
 
 - a connection waiting for a request's head (new, or idle between keep-alive
   requests) must complete it within ``header_timeout``: a partial head is answered
@@ -15,7 +17,8 @@ request arrived. :class:`GuardedH11Protocol` is uvicorn's h11 protocol plus
 - a malformed request gets its 400 in the surface's shape, and the log line about
   it is throttled.
 
-Whether a head is pending is h11's own state: ``their_state is IDLE``.
+Whether a head is pending is h11's own state (``their_state is IDLE``); with httptools,
+the count of heads parsed against responses completed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    import httptools  # noqa: F401  # uvicorn's httptools protocol needs it
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is a dependency; h11 remains the fallback
+    HttpToolsProtocol = None  # type: ignore[assignment, misc]
 
 from ..log import Throttled
 from .limits import HttpLimits
@@ -44,7 +53,7 @@ class ConnectionGuard:
         self.limits = limits
         self.shape = shape
         self.open = 0
-        self.waiting: dict[GuardedH11Protocol, None] = {}  # insertion order: oldest first
+        self.waiting: dict[_Guarded, None] = {}  # insertion order: oldest first
         #: connections closed to make room / refused with a 503 / dropped for a slow head
         self.evicted = 0
         self.refused = 0
@@ -67,19 +76,24 @@ class ConnectionGuard:
         return False
 
 
-class GuardedH11Protocol(H11Protocol):
-    """``functools.partial(GuardedH11Protocol, guard=guard)`` is uvicorn's ``http`` class."""
+class _Guarded:
+    """The guard's rules on a uvicorn HTTP/1.1 protocol (mixed in before it); the protocol
+    says whether the client owes a head (``_owing``) and whether one is half sent
+    (``_partial_head``)."""
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+
+    def _guard_init(self, guard: ConnectionGuard) -> None:
         self.guard = guard
         self._counted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         guard = self.guard
         guard.open += 1
         self._counted = True
@@ -93,7 +107,7 @@ class GuardedH11Protocol(H11Protocol):
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         if self.transport.is_closing():
             return
         if not self._owing():
@@ -105,7 +119,7 @@ class GuardedH11Protocol(H11Protocol):
             self._head_bytes += len(data)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if self.transport.is_closing():
             return
         if self._owing():
@@ -114,7 +128,7 @@ class GuardedH11Protocol(H11Protocol):
             self._head_arrived()  # a pipelined request was already waiting
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
         self._head_arrived()
         self._release()
 
@@ -142,17 +156,18 @@ class GuardedH11Protocol(H11Protocol):
     def _owing(self) -> bool:
         """No request is being served, and the client owes one: a head, or the rest of a body
         that was answered without being read."""
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            return True
-        return state is h11.SEND_BODY and self.cycle is not None and self.cycle.response_complete
+        raise NotImplementedError
+
+    def _partial_head(self) -> bool:
+        """Part of a request head arrived (not yet all of it)."""
+        raise NotImplementedError
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._owing():
             return
         self.guard.timed_out += 1
-        if self._head_bytes and self.conn.their_state is h11.IDLE:
+        if self._head_bytes and self._partial_head():
             # part of a head came: say why; a silent or idle connection just closes
             log.warning("slow head", "dropped a connection whose request head took over %g s "
                         "(SERVEMESH_HTTP_HEADER_TIMEOUT)", self.guard.limits.header_timeout)
@@ -169,3 +184,66 @@ class GuardedH11Protocol(H11Protocol):
         if self._counted:
             self._counted = False
             self.guard.open -= 1
+
+
+class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):  # type: ignore[misc, valid-type]
+    """``functools.partial(GuardedHttpToolsProtocol, guard=guard)`` is uvicorn's ``http``
+    class (httptools: the C parser)."""
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_init(guard)
+        #: heads parsed, responses completed, and whether the last request's body is still coming
+        self._heads = 0
+        self._answered = 0
+        self._in_body = False
+
+    # -- httptools' callbacks ------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._answered += 1
+        super().on_response_complete()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """An ``Upgrade`` (none is supported) is answered as a plain request, without a log
+        line each time; httptools parses nothing after it, so the connection then closes."""
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def _owing(self) -> bool:
+        # every head parsed was answered: the next head is due (or the rest of a body that
+        # was answered without being read)
+        return self._heads == self._answered
+
+    def _partial_head(self) -> bool:
+        return not self._in_body
+
+
+class GuardedH11Protocol(_Guarded, H11Protocol):
+    """``functools.partial(GuardedH11Protocol, guard=guard)`` is uvicorn's ``http`` class
+    (h11: pure Python, the fallback without httptools)."""
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_init(guard)
+
+    def _owing(self) -> bool:
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            return True
+        return state is h11.SEND_BODY and self.cycle is not None and self.cycle.response_complete
+
+    def _partial_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+
+#: the guarded protocol servers use: httptools where it is installed, else h11
+GuardedProtocol: type[_Guarded] = GuardedHttpToolsProtocol if HttpToolsProtocol is not None else GuardedH11Protocol

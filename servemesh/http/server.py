@@ -14,7 +14,7 @@ import uvicorn
 
 from ..errors import ConfigError
 from .limits import HttpLimits
-from .protocol import ConnectionGuard, GuardedH11Protocol
+from .protocol import ConnectionGuard, GuardedProtocol
 from .shape import Shape, plain_shape
 
 
@@ -68,7 +68,7 @@ class HttpServer:
             # log_config=None: uvicorn's lines go through servemesh's logging, not a config of its own
             app, log_config=None, log_level="warning", access_log=access_log, lifespan="off",
             timeout_graceful_shutdown=5,
-            http=functools.partial(GuardedH11Protocol, guard=self.guard),  # type: ignore[arg-type]
+            http=functools.partial(GuardedProtocol, guard=self.guard),  # type: ignore[arg-type, call-arg]
             ws="none",  # no upgrades: every connection stays under the guard
             timeout_keep_alive=self.limits.header_timeout,  # type: ignore[arg-type]
             backlog=backlog)

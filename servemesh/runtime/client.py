@@ -21,7 +21,7 @@ from .annotated import Annotated
 from .context import Context
 from .records import InstanceRecord, capabilities_match, instance_prefix
 from .routing import Random, RoundRobin, Router, make_router
-from .serving import ANNOTATED, DATA
+from .serving import ANNOTATED, DATA, Call
 from .stream import RemoteStream
 from .transport.base import ClientStream, Connector
 
@@ -200,6 +200,8 @@ class Client:
         try:
             if src.refusable:
                 return (await cast(RemoteStream, src).next()).data
+            if type(src) is Call and src.unary_handler:  # in process, an ``async def`` handler: awaited here
+                return await src.one()
             items = src.items(DATA)  # in process: the serving path's own generator
             try:
                 return await items.__anext__()

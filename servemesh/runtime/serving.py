@@ -135,6 +135,23 @@ class Call:
         self.finish("ok")
         return item
 
+    async def one(self) -> Any:
+        """The data of a unary handler's one item (``unary_handler``), awaited in the
+        caller's task: what ``items(DATA)`` yields, without a generator to make and close
+        (``Client.one``'s in-process path). Interrupts and errors as in ``items``."""
+        unary = self.ep.adapted.unary
+        assert unary is not None
+        if self.interruptible:
+            self._task = asyncio.current_task()
+        self._scoped = True  # an interrupt now ends the wait below
+        try:
+            item = await unary(self.request, self.ctx)
+        except BaseException as exc:
+            raise self._failed(exc) from _cause(exc)
+        self._scoped = False
+        self.finish("ok")
+        return item._data if type(item) is Annotated else item
+
     def start(self) -> Any:
         """Start a generator handler and return its async generator (remote transports
         iterate it themselves; map its errors with ``fail`` and end with ``finish``)."""

@@ -103,6 +103,10 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 
     ``ValidationError`` for dtypes the protocol has no datatype for (complex, datetime,
     structured, ...). numpy has no bfloat16: BF16 is never inferred, name it."""
+    if isinstance(dtype, np.dtype):
+        found = _BY_DTYPE.get(dtype)  # a native-order numeric dtype: the common case
+        if found is not None:
+            return found
     dtype = np.dtype(dtype)
     found = _BY_DTYPE.get(dtype.newbyteorder("=")) if dtype.kind in "biuf" else None
     if found is not None:
@@ -118,6 +122,13 @@ _MAX_DIM = 2**63 - 1
 
 def tensor_shape(shape: object, name: str) -> list[int]:
     """``shape`` as a list of non-negative ints, or a ``ValidationError`` naming the tensor."""
+    if type(shape) is list or type(shape) is tuple:  # the common case: plain ints, checked in one pass
+        plain = list(shape)
+        for dim in plain:
+            if type(dim) is not int or not 0 <= dim <= _MAX_DIM:
+                break
+        else:
+            return plain
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
         raise ValidationError(f"tensor {name!r} has shape {shape!r}; a shape is a list of ints", field=name)
     dims: list[int] = []
@@ -175,6 +186,8 @@ def numeric_array(values: Any, datatype: str, name: str, *, label: str | None = 
     BF16, a ``uint16`` array is taken as bit patterns (what ``as_numpy`` returns) and
     anything else as numbers to round.
     Numbers beyond a float type's range become infinities, as IEEE casts do."""
+    if type(values) is np.ndarray and values.dtype == DATATYPES[datatype].dtype:
+        return values.reshape(-1)  # already the storage dtype (BF16: its uint16 bit patterns)
     with np.errstate(over="ignore"):
         return _numeric_array(values, datatype, name, label or datatype)
 

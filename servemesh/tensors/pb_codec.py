@@ -66,7 +66,8 @@ def to_proto(message: InferRequest | InferResponse, *, raw: bool = False) -> Any
     use_raw = raw or any(t.datatype in _RAW_ONLY for t in tensors)
     for tensor in tensors:
         entry = entries.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        _put_parameters(entry.parameters, tensor.parameters, f"{tensor.name}.parameters")
+        if tensor.parameters:
+            _put_parameters(entry.parameters, tensor.parameters, f"{tensor.name}.parameters")
         if not use_raw and len(tensor.data):
             data = tensor.data
             values = data.tolist() if isinstance(data, np.ndarray) else data
@@ -133,7 +134,7 @@ def _tensors(entries: Sequence[Any], raws: Sequence[bytes], key: str) -> list[In
             if fields:
                 raise ValidationError(f"tensor {name!r} has contents, but the message uses raw contents; "
                                       "a message uses one or the other", field=name)
-            tensors.append(InferTensor.from_raw(entry.name, entry.datatype, entry.shape, raws[i], params))
+            tensors.append(InferTensor.from_raw(entry.name, entry.datatype, list(entry.shape), raws[i], params))
         else:
             tensors.append(_typed(entry, name, fields, params))
     return tensors
@@ -159,6 +160,8 @@ def _typed(entry: Any, name: str, fields: list[tuple[Any, Any]], params: Paramet
 
 
 def _put_parameters(target: Any, params: Mapping[str, ParamValue], where: str) -> None:
+    if not params:
+        return
     for key, value in check_parameters(params, where).items():
         slot = target[key]
         if isinstance(value, bool):
@@ -175,6 +178,8 @@ def _put_parameters(target: Any, params: Mapping[str, ParamValue], where: str) -
 
 
 def _get_parameters(source: Any, where: str) -> Parameters:
+    if not source:
+        return {}
     out: Parameters = {}
     for key, param in source.items():
         which = param.WhichOneof("parameter_choice")

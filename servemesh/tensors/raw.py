@@ -80,9 +80,7 @@ def unpack_bytes(buffer: bytes | memoryview, name: str = "") -> list[bytes]:
 def array_raw(array: np.ndarray[Any, Any], info: DatatypeInfo) -> memoryview:
     """A flat array's raw bytes as a buffer, without a copy where the array already is
     contiguous little-endian (``bytes(...)`` of it for a ``bytes``)."""
-    little = info.dtype.newbyteorder("<")
-    if info.name == "BOOL":
-        little = np.dtype(np.uint8)
+    little = _little(info)
     return np.ascontiguousarray(array).astype(little, copy=False).data.cast("B")
 
 
@@ -97,8 +95,19 @@ def array_from_raw(buffer: bytes | memoryview, info: DatatypeInfo, count: int, n
         array = np.frombuffer(buffer, dtype=np.uint8) != 0
         array.flags.writeable = False
         return array
-    array = np.frombuffer(buffer, dtype=info.dtype.newbyteorder("<"))
+    array = np.frombuffer(buffer, dtype=_little(info))
     if array.dtype != info.dtype:  # a big-endian host
         array = array.astype(info.dtype)
     array.flags.writeable = False
     return array
+
+
+_LITTLE: dict[str, np.dtype[Any]] = {}
+
+
+def _little(info: DatatypeInfo) -> np.dtype[Any]:
+    """The little-endian dtype of ``info``'s raw form (BOOL: one byte each), made once."""
+    found = _LITTLE.get(info.name)
+    if found is None:
+        found = _LITTLE[info.name] = np.dtype(np.uint8) if info.name == "BOOL" else info.dtype.newbyteorder("<")
+    return found

@@ -17,7 +17,9 @@ import numpy as np
 from ..errors import ValidationError
 from . import raw
 from .datatypes import (
+    _BY_DTYPE,
     CONTENTS_FIELDS,
+    DATATYPES,
     bfloat16_to_float32,
     bytes_list,
     datatype_of,
@@ -29,6 +31,9 @@ from .datatypes import (
 from .params import Parameters, ParamValue, check_parameters
 
 __all__ = ["InferTensor", "ReadOnlyList", "TensorContents"]
+
+#: numpy dtype -> the datatype that stores its arrays as they are (``from_numpy``'s fast path)
+_STORED_AS = {dtype: name for dtype, name in _BY_DTYPE.items() if DATATYPES[name].dtype == dtype}
 
 T = TypeVar("T")
 
@@ -174,6 +179,10 @@ class InferTensor:
         (object, bytes and str arrays are BYTES). The array is shared, not copied, when
         it is contiguous and already of the storage dtype."""
         array = array if isinstance(array, np.ndarray) else np.asarray(array)
+        if datatype is None and not parameters and type(array) is np.ndarray and isinstance(name, str) and name:
+            found = _STORED_AS.get(array.dtype)
+            if found is not None:  # a numeric array in its datatype's storage dtype: nothing to check
+                return cls._make(name, found, list(array.shape), array.reshape(-1), {})
         return cls(name, datatype or datatype_of(array.dtype), array.shape, array, parameters)
 
     @classmethod

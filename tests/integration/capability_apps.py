@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from servemesh.apps.capability import api_server_runtime, replica_runtime, serve_replica, start_api_server
-from servemesh.apps.gateway import Gateway, Surfaces, gateway_runtime, start_gateway
+from servemesh.apps.gateway import Gateway, Surfaces, gateway_runtime, local_replica, start_gateway
 from servemesh.capability import App
 from servemesh.capability.replica import Replica
 from servemesh.config import Settings
@@ -46,6 +46,21 @@ async def gateway(surfaces: Surfaces = Surfaces(), **overrides: Any) -> AsyncIte
             yield started
         finally:
             await started.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_with_app(app: App, surfaces: Surfaces = Surfaces(), **overrides: Any) -> AsyncIterator[Gateway]:
+    """``servemesh gateway module:app`` in this process: ``app`` served by the gateway's
+    own runtime (the in-process call), HTTP and OIP gRPC on free ports."""
+    runtime, store = gateway_runtime(settings(**overrides))
+    async with runtime:
+        await runtime.start()
+        async with local_replica(runtime, app):
+            started = await start_gateway(runtime, store, http_port=0, grpc_port=0, surfaces=surfaces)
+            try:
+                yield started
+            finally:
+                await started.close()
 
 
 @contextlib.asynccontextmanager

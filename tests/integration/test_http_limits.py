@@ -16,12 +16,25 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
+
+from servemesh.http import protocol, server
 
 from .mock_pipeline import mock_pipeline
 
 MiB = 1024 * 1024
 CHAT = "/v1/chat/completions"
 ASK = {"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+
+
+@pytest.fixture(autouse=True, params=["httptools", "h11"])
+def http_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every limit holds with both guarded protocols: httptools (what servers use) and h11
+    (the fallback without httptools)."""
+    chosen = protocol.GuardedHttpToolsProtocol if request.param == "httptools" else protocol.GuardedH11Protocol
+    monkeypatch.setattr(server, "GuardedProtocol", chosen)
+    monkeypatch.setattr(protocol.log, "_windows", {})  # each run's log lines counted afresh
+    return str(request.param)
 
 
 def pipeline(**settings: object) -> contextlib.AbstractAsyncContextManager[str]:
@@ -212,3 +225,30 @@ async def test_malformed_requests_get_a_400_in_shape_and_their_log_lines_are_thr
             assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
     lines = [r for r in caplog.records if "invalid http request" in r.getMessage().lower()]
     assert 1 <= len(lines) <= 10, len(lines)
+
+
+async def test_pipelined_requests_and_an_upgrade_are_answered_and_keep_alive_stays_under_the_guard():
+    async with pipeline(http_header_timeout=1.0) as url:
+        reader, writer = await asyncio.open_connection(*address(url))
+        try:
+            # three requests in one write: each answered, in order
+            one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            writer.write(one * 3)
+            async with asyncio.timeout(10):
+                for _ in range(3):
+                    status, _, _ = await read_response(reader)
+                    assert status == 200
+                # idle after them: the header timeout closes the connection, silently
+                assert await reader.read() == b""
+        finally:
+            writer.close()
+        # an Upgrade is not supported: answered as a plain request, then the connection closes
+        reader, writer = await asyncio.open_connection(*address(url))
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            async with asyncio.timeout(10):
+                status, _, _ = await read_response(reader)
+                assert status == 200
+                assert await reader.read() == b""
+        finally:
+            writer.close()

@@ -26,18 +26,29 @@ from servemesh.apps.gateway import Gateway
 from servemesh.tensors.proto import grpc_predict_v2_pb2 as pb2
 from servemesh.tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
 
-from .capability_apps import gateway, replica, until
+from .capability_apps import gateway, gateway_with_app, replica, until
 from .kserve_apps import CANCELLED, STARTED, app, vector
 
 A, B = vector(1), vector(7)
 
 
+#: where the test models run: a replica process of their own (the request plane, contents
+#: JSON), or the gateway's own process (``servemesh gateway module:app``: the decoded
+#: request is handed to the handler, its InferResponse comes back as it is)
+WHERE = pytest.mark.parametrize("in_process", [False, True], ids=["replica", "in-process"])
+
+
 @contextlib.asynccontextmanager
-async def stack() -> AsyncIterator[tuple[Gateway, str, str]]:
+async def stack(in_process: bool = False) -> AsyncIterator[tuple[Gateway, str, str]]:
     """The gateway and one replica of the test models; (gateway, HTTP url, gRPC host:port)."""
     for events in (STARTED, CANCELLED):
         for event in events.values():
             event.clear()
+    if in_process:
+        async with gateway_with_app(app) as gw:
+            await until(lambda: "add_sub" in gw.service.catalog.models())
+            yield gw, gw.url, gw.grpc_address or ""
+        return
     async with gateway() as gw, replica(app, "kserve-r1", gw.url):
         await until(lambda: "add_sub" in gw.service.catalog.models())
         yield gw, gw.url, gw.grpc_address or ""
@@ -61,8 +72,9 @@ def grpc_inputs(module: Any = tgrpc) -> list[Any]:
     return inputs
 
 
-async def test_rest_with_tritonclient_http():
-    async with stack() as (_, url, _grpc):
+@WHERE
+async def test_rest_with_tritonclient_http(in_process: bool):
+    async with stack(in_process) as (_, url, _grpc):
         client = thttp_aio.InferenceServerClient(url.removeprefix("http://"))
         try:
             assert await client.is_server_live() and await client.is_server_ready()
@@ -112,8 +124,9 @@ async def test_rest_with_tritonclient_http():
             await client.close()
 
 
-async def test_grpc_with_tritonclient_grpc():
-    async with stack() as (_, _url, address):
+@WHERE
+async def test_grpc_with_tritonclient_grpc(in_process: bool):
+    async with stack(in_process) as (_, _url, address):
         client = tgrpc_aio.InferenceServerClient(address)
         try:
             assert await client.is_server_live() and await client.is_server_ready()
@@ -159,10 +172,11 @@ async def test_grpc_with_tritonclient_grpc():
             await client.close()
 
 
-async def test_blocking_clients_async_infer_and_start_stream():
+@WHERE
+async def test_blocking_clients_async_infer_and_start_stream(in_process: bool):
     """tritonclient's blocking clients (in a worker thread: the gateway shares this loop):
     ``async_infer`` over both protocols, and ``start_stream`` / ``async_stream_infer``."""
-    async with stack() as (_, url, address):
+    async with stack(in_process) as (_, url, address):
         def http_async_infer() -> np.ndarray:
             client = thttp.InferenceServerClient(url.removeprefix("http://"), concurrency=2)
             try:
@@ -212,7 +226,8 @@ async def test_blocking_clients_async_infer_and_start_stream():
         assert [s for s in seen if s[0] == "error"] == [("error", "KeyError: 'no such key'")]
 
 
-async def test_rest_and_grpc_give_identical_outputs():
+@WHERE
+async def test_rest_and_grpc_give_identical_outputs(in_process: bool):
     tensors = [
         ("F32", "FP32", np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)),
         ("F64", "FP64", np.array([1e-300, -2.5, np.pi])),
@@ -225,7 +240,7 @@ async def test_rest_and_grpc_give_identical_outputs():
         ("B", "BOOL", np.array([True, False, True])),
         ("S", "BYTES", np.array([b"text", b"\x00\x01", "caf\u00e9".encode()], dtype=object)),
     ]
-    async with stack() as (_, url, address):
+    async with stack(in_process) as (_, url, address):
         http_client = thttp_aio.InferenceServerClient(url.removeprefix("http://"))
         grpc_client = tgrpc_aio.InferenceServerClient(address)
         try:
@@ -260,9 +275,10 @@ def binary_body(tensors: list[dict[str, Any]], data: bytes) -> tuple[bytes, dict
     return head + data, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
 
 
-async def test_bad_tensors_are_400s_naming_the_tensor():
+@WHERE
+async def test_bad_tensors_are_400s_naming_the_tensor(in_process: bool):
     fp32 = np.arange(16, dtype=np.float32).tobytes()
-    async with stack() as (_, url, address), httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with stack(in_process) as (_, url, address), httpx.AsyncClient(base_url=url, timeout=10) as http:
         infer = "/v2/models/add_sub/infer"
 
         async def refused(content: bytes, headers: dict[str, str] | None = None, path: str = infer) -> str:
@@ -371,8 +387,9 @@ async def test_unknown_models_failing_handlers_and_lost_replicas():
             await grpc_client.close()
 
 
-async def test_clients_that_leave_stop_the_handlers():
-    async with stack() as (_, url, address):
+@WHERE
+async def test_clients_that_leave_stop_the_handlers(in_process: bool):
+    async with stack(in_process) as (_, url, address):
         # an HTTP client that disconnects
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             call = asyncio.create_task(http.post("/v2/models/slow/infer", json={"inputs": []}))
@@ -425,3 +442,45 @@ async def test_grpc_garbage_requests_and_failing_stream_requests():
         got = {(m.infer_response.id, m.error_message.split(":")[0] if m.error_message else "ok") async for m in call}
         assert got == {("", "the request is not a ModelInferRequest"), ("e", "KeyError"),
                        ("n", "model 'nope' is not served here (models"), ("ok", "ok")}
+
+
+async def test_a_replica_in_the_gateway_s_process_is_called_without_contents_json(monkeypatch):
+    """``servemesh gateway module:app``: the handler gets the decoded request and its answer
+    comes back as it is; a replica in another process beside it still gets contents JSON."""
+    from servemesh.capability import wire
+
+    encoded: list[str] = []
+    encode = wire.encode_request
+
+    def counting(request: Any) -> bytes:
+        encoded.append(request.model_name)
+        return encode(request)
+
+    monkeypatch.setattr(wire, "encode_request", counting)
+    async with gateway_with_app(app) as gw, replica(app, "kserve-r2", gw.url), \
+            httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+        await until(lambda: len(gw.router.replicas()) == 2)
+        here = next(v.replica_id for v in gw.router.replicas() if v.instance_id == gw.router.runtime.instance_id)
+        seen: dict[str, int] = {}
+        for _ in range(8):
+            before = len(encoded)
+            answer = await http.post("/v2/models/who/infer", json={"id": "q1", "inputs": [], "outputs": [
+                {"name": "REPLICA"}]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["id"] == "q1"
+            who = bytes(answer.json()["outputs"][0]["data"][0], "utf-8").decode()
+            seen[who] = seen.get(who, 0) + 1
+            assert len(encoded) - before == (0 if who == here else 1), (who, here)
+        assert set(seen) == {here, "kserve-r2"}, seen  # least loaded, ties in turn: both answered
+        # the handler's own response object is not changed by the gateway (outputs chosen, id set)
+        async with grpc.aio.insecure_channel(gw.grpc_address or "") as channel:
+            stub = pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(4):
+                request = pb2.ModelInferRequest(model_name="add_sub", id="g1",
+                                                raw_input_contents=[A.tobytes(), B.tobytes()])
+                request.inputs.add(name="INPUT0", datatype="FP32", shape=[16])
+                request.inputs.add(name="INPUT1", datatype="FP32", shape=[16])
+                request.outputs.add(name="OUTPUT1")
+                reply = await stub.ModelInfer(request)
+                assert reply.id == "g1" and [o.name for o in reply.outputs] == ["OUTPUT1"]
+                np.testing.assert_array_equal(np.frombuffer(reply.raw_output_contents[0], np.float32), A - B)

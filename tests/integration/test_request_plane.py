@@ -287,6 +287,12 @@ async def test_a_parked_in_process_handler_is_closed_when_its_context_stops(clea
         await task
 
 
+async def until_outcome(runtime: DistributedRuntime, path: str, outcome: str) -> None:
+    async with asyncio.timeout(5):
+        while runtime.metrics.endpoint(path).outcomes != {outcome: 1}:
+            await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("transport", ["memory", "tcp", "inproc"])
 async def test_client_one_is_a_unary_call_without_a_stream_object(transport):
     """``Client.one``: routed by the caller, the same answers and errors as ``direct``."""
@@ -317,6 +323,7 @@ async def test_client_one_is_a_unary_call_without_a_stream_object(transport):
         client = await caller.endpoint("o.w.echo").client()
         (iid,) = await client.wait_for_instances(5)
         assert await client.one({"x": 1}, iid) == {"echo": {"x": 1}}
+        await until_outcome(server, "o.w.echo", "ok")  # an answer is counted ok (in process too)
         with pytest.raises(RemoteError) as failed:
             await client.one({"fail": True}, iid)
         assert failed.value.remote_type == "KeyError"

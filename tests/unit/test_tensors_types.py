@@ -296,3 +296,21 @@ def test_a_dimension_beyond_int64_is_refused_even_with_no_elements():
     with pytest.raises(ValidationError, match="larger than an int64") as info:
         InferTensor("x", "FP32", [0, 10**23], [])
     assert info.value.field == "x"
+
+
+def test_from_numpy_s_fast_path_shares_checks_and_results_with_the_full_one():
+    for dtype, datatype in ((np.float32, "FP32"), (np.int64, "INT64"), (np.bool_, "BOOL"), (np.uint16, "UINT16"),
+                            (np.float16, "FP16")):
+        array = np.arange(6).astype(dtype).reshape(2, 3)
+        tensor = InferTensor.from_numpy("t", array)
+        assert tensor.datatype == datatype and list(tensor.shape) == [2, 3]
+        assert np.shares_memory(tensor.data, array) and not tensor.data.flags.writeable
+        assert tensor == InferTensor("t", datatype, [2, 3], array.tolist())
+    swapped = np.arange(4, dtype=">f4")  # not the storage dtype: converted, as before
+    assert InferTensor.from_numpy("s", swapped).as_numpy().tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValidationError):
+        InferTensor.from_numpy("", np.zeros(2, np.float32))
+    with pytest.raises(ValidationError):
+        InferTensor("b", "FP32", [True, 2], [0.0] * 2)  # a bool is not a dimension
+    with pytest.raises(ValidationError):
+        InferTensor("n", "FP32", [-1], [])

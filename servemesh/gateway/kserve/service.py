@@ -4,8 +4,10 @@ shaping the answer, metadata, Triton's model config and statistics.
 A model is a capability with a ``model=<name>`` label (``ModelCatalog``); a request for
 model ``m`` (version ``v``) is routed by the labels ``{model: m[, version: v]}`` over
 every live replica serving it, least loaded first, with the router's failover
-(``CapabilityRouter``). The request travels to the replica in the capability wire's
-contents JSON; its answer comes back the same way and is re-encoded for the client.
+(``CapabilityRouter``). A replica in the gateway's own process (``servemesh gateway
+module:app``) is handed the decoded request and gives back its ``InferResponse`` (no
+encoding either way: ``wire.LocalCall``); to a replica in another process the request
+travels in the capability wire's contents JSON, and its answer comes back the same way.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class KServeService:
         want = {MODEL_LABEL: request.model_name}
         if request.model_version:
             want[VERSION_LABEL] = request.model_version
-        return wire.InferCall(wire.encode_request(request), want), info
+        return wire.make_call(request, want), info
 
     async def infer(self, request: InferRequest, ctx: Context) -> InferResponse:
         """The model's answer to ``request`` (its ``model_name`` and ``model_version`` say which)."""
@@ -79,7 +81,7 @@ class KServeService:
         started = time.perf_counter_ns()
         try:
             data = await self.router.unary(call, ctx)
-            response = self.finish(decode_contents_response(data), request)
+            response = self.finish(_response(data), request)
         except BaseException:
             self.stats.add(request.model_name, request.model_version, started, ok=False)
             raise
@@ -99,10 +101,10 @@ class KServeService:
             raise
         try:
             if first is not None:
-                yield self.finish(decode_contents_response(first), request)
+                yield self.finish(_response(first), request)
             async for batch in rest:
                 for item in batch:
-                    yield self.finish(decode_contents_response(item), request)
+                    yield self.finish(_response(item), request)
             ok = True
         finally:
             await rest.aclose()  # type: ignore[attr-defined]
@@ -158,6 +160,21 @@ class KServeService:
             for version in info.versions or [""]:
                 out.append({"name": name, "version": version, "state": state, "reason": reason})
         return out
+
+
+def _response(data: bytes | InferResponse) -> InferResponse:
+    """A replica's answer, for ``finish`` to fill in: decoded from contents JSON, or a
+    new shell around the tensors of the ``InferResponse`` a replica in this process gave
+    (never changing the handler's own object)."""
+    if isinstance(data, bytes):
+        return decode_contents_response(data)
+    out = InferResponse.__new__(InferResponse)
+    out.id = data.id
+    out.model_name = data.model_name
+    out.model_version = data.model_version
+    out.parameters = data.parameters
+    out.outputs = data.outputs
+    return out
 
 
 class Statistics:
