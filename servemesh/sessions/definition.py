@@ -40,11 +40,19 @@ class Result:
 
 
 class Definition(Protocol):
-    name: str
-    #: the pydantic model of the state (``None``: an untyped dict)
-    state_model: type[pydantic.BaseModel] | None
-    actions: Mapping[str, ActionSpec]
-    entrypoint: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state_model(self) -> type[pydantic.BaseModel] | None:
+        """The pydantic model of the state (``None``: an untyped dict)."""
+        ...
+
+    @property
+    def actions(self) -> Mapping[str, ActionSpec]: ...
+
+    @property
+    def entrypoint(self) -> str: ...
 
     def initial_state(self) -> dict[str, Any]: ...
 
