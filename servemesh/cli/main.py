@@ -209,7 +209,14 @@ def _capability_commands() -> None:
     app.command("api-server")(api_server)
 
 
+def _sessions_commands() -> None:
+    from .sessions import app as sessions
+
+    app.add_typer(sessions, name="sessions")
+
+
 _capability_commands()
+_sessions_commands()
 
 
 def main() -> None:
