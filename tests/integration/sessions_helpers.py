@@ -15,8 +15,8 @@ from servemesh import DistributedRuntime
 from servemesh.apps.sessions import serve_sessions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "sessions"))
-import burr_chat  # noqa: E402
-import counter  # noqa: E402
+import burr_chat
+import counter
 
 __all__ = ["burr_chat", "counter", "parse_sse", "served"]
 
