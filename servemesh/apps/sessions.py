@@ -80,7 +80,11 @@ async def start_gateway(runtime: DistributedRuntime, app: Definition, host: str,
     """The HTTP API on ``host:port`` over the replicas of ``app``'s session service (close all three)."""
     backend = await RemoteSessions.connect(runtime, app.name, namespace=namespace,
                                            timeout=runtime.settings.request_timeout)
-    gateway = SessionsGateway(runtime, app, backend, chat=chat, prefix=prefix, ready=backend.ready)
+    try:
+        gateway = SessionsGateway(runtime, app, backend, chat=chat, prefix=prefix, ready=backend.ready)
+    except BaseException:
+        await backend.close()
+        raise
     server = gateway.kit.http_server(host, port)
     server.start()
     log.info("sessions gateway for %s on %s (docs: %s/docs)%s", app.name, server.url, server.url,
@@ -115,6 +119,10 @@ async def serve_sessions(app: Any, *, store: SessionStore | str | None = None, h
                     await backend.close()
             elif on_ready is not None:
                 on_ready("")
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # one part failed: its own error, not a group
+            raise group.exceptions[0] from None
+        raise
     finally:
         if own:
             await rt.shutdown()

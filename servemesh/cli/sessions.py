@@ -26,6 +26,7 @@ def serve(target: Annotated[str, typer.Argument(help="module:attr or path/file.p
           chat: Annotated[str | None, typer.Option(
               help="expose /v1/chat/completions running these actions per turn, comma-separated (the first takes "
                    "`message`, the answer is the state's `reply`)")] = None,
+          namespace: Annotated[str, typer.Option(help="the runtime namespace of the session service")] = "sessions",
           log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None) -> None:
     """Serve an app's sessions: a session-service replica and the HTTP gateway (or one of them)."""
     from ..apps.sessions import load_definition, serve_sessions
@@ -40,6 +41,7 @@ def serve(target: Annotated[str, typer.Argument(help="module:attr or path/file.p
         async with DistributedRuntime(Settings.from_env()) as runtime:
             await run_until_signalled(runtime, serve_sessions(
                 definition, store=store, host=host, port=port, runtime=runtime, service=service, gateway=gateway,
+                namespace=namespace,
                 chat=flavour, on_ready=lambda url: typer.echo(f"sessions of {definition.name} on {url}" if url
                                                               else f"session service of {definition.name} ready")))
 

@@ -27,7 +27,10 @@ async def served(app: Any, runtime: DistributedRuntime, **options: Any) -> Async
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve_sessions(app, runtime=runtime, port=0, on_ready=ready.set_result, **options))
     try:
-        url = await asyncio.wait_for(asyncio.shield(ready), 30)
+        await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # it failed to start: its error
+        url = ready.result()
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
     finally:
