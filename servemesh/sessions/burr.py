@@ -18,9 +18,9 @@ from typing import Any
 
 import pydantic
 
-from ..errors import ConfigError, SessionNotFound
+from ..errors import ConfigError
 from .definition import ActionSpec, Result, inputs_of, jsonable
-from .records import Lineage, Page, Session, Step
+from .records import Lineage, Page, Session, Step, now
 from .store import MemoryStore
 
 
@@ -54,6 +54,11 @@ class BurrApp:
     def initial_state(self) -> dict[str, Any]:
         return dict(self._initial)
 
+    def next_after(self, position: str | None, state: dict[str, Any]) -> str | None:
+        """The action Burr would run after ``position`` (``None``: the entry point) on ``state``."""
+        nxt = self.graph.get_next_node(position, import_burr().State(dict(state)), self.entrypoint)
+        return nxt.name if nxt is not None else None
+
     async def stream(self, action: str, state: dict[str, Any], inputs: dict[str, Any]) -> AsyncIterator[Any]:
         core = import_burr()
         app = (core.ApplicationBuilder().with_graph(self.graph).with_typing(self.typing)
@@ -70,7 +75,8 @@ class BurrApp:
 def _spec(action: Any) -> ActionSpec:
     inputs = action.inputs
     names = inputs if isinstance(inputs, tuple) else (list(inputs), [])
-    fn = getattr(action, "fn", None)
+    # Burr wraps some functions (async streaming ones) in an unannotated one: type from the original
+    fn = getattr(action, "_originating_fn", None) or getattr(action, "fn", None)
     if fn is not None:
         typed = inputs_of(fn, names=names)
     else:  # a class-based action: names only
@@ -83,17 +89,21 @@ def _spec(action: Any) -> ActionSpec:
 
 
 class BurrPersisterStore(MemoryStore):
-    """A Burr persister (``SQLitePersister``, ``AsyncPostgreSQLPersister``, ...) as the
-    session store: every committed step is saved through it, so Burr's own tools and
-    ``ApplicationBuilder().initialize_from(persister)`` see the sessions.
+    """A Burr persister (``SQLLitePersister``, ``AsyncPostgreSQLPersister``, ...) as the
+    session store: every step is saved through it as Burr saves its own (position = the
+    action run, Burr's sequence id = ours - 1), so Burr's tools and
+    ``ApplicationBuilder().initialize_from(persister, resume_at_next_action=True)`` see
+    the sessions; sessions Burr saved are found on first use (``app`` computes their next
+    action).
 
-    Lineage, history and the compare-and-set are kept in this process: use it with
-    one session-service replica (several replicas need :class:`SQLiteStore` or
-    :class:`PostgresStore`). Sessions saved by Burr before are found on first use."""
+    Lineage, history and the compare-and-set are kept in this process: use it with one
+    session-service replica (several replicas need ``SQLiteStore`` or ``PostgresStore``).
+    Like Burr, the persister sees a session from its first step on."""
 
-    def __init__(self, persister: Any) -> None:
+    def __init__(self, persister: Any, app: BurrApp) -> None:
         super().__init__()
         self.persister = persister
+        self.app = app
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self.persister, name)
@@ -101,27 +111,26 @@ class BurrPersisterStore(MemoryStore):
             return await method(*args, **kwargs)
         return await asyncio.to_thread(method, *args, **kwargs)
 
-    async def _save(self, session: Session, status: str = "completed") -> None:
-        await self._call("save", session.partition_key, session.app_id, session.sequence_id,
-                         session.last_action or session.next_action or "", _burr_state(session), status)
-
     async def _adopt(self, partition_key: str, app_id: str) -> None:
         """Bring a session Burr saved (not through this store) into memory."""
-        if await MemoryStore.get(self, partition_key, app_id) is not None:
+        key = (partition_key, app_id)
+        if key in self._sessions:
             return
         loaded = await self._call("load", partition_key, app_id)
-        if not loaded:
+        if not loaded or key in self._sessions:
             return
         state = {k: v for k, v in dict(loaded["state"].get_all()).items() if not k.startswith("__")}
-        await MemoryStore.create(self, partition_key, app_id, state, loaded.get("position"))
+        position = loaded.get("position")
+        seq = int(loaded.get("sequence_id") or 0) + 1
+        t = now()
+        nxt = self.app.next_after(position, state)
+        self._sessions[key] = Session(partition_key, app_id, seq, state, nxt, position, None, t, t)
+        self._steps[key] = [Step(seq, position, {}, state, nxt, t)]  # Burr keeps no history of its own
 
     async def create(self, partition_key: str, app_id: str, state: dict[str, Any], next_action: str | None,
                      parent: Lineage | None = None) -> tuple[Session, bool]:
         await self._adopt(partition_key, app_id)
-        session, created = await super().create(partition_key, app_id, state, next_action, parent)
-        if created:
-            await self._save(session)
-        return session, created
+        return await super().create(partition_key, app_id, state, next_action, parent)
 
     async def get(self, partition_key: str, app_id: str) -> Session | None:
         await self._adopt(partition_key, app_id)
@@ -130,27 +139,23 @@ class BurrPersisterStore(MemoryStore):
     async def commit(self, before: Session, action: str, inputs: dict[str, Any], state: dict[str, Any],
                      next_action: str | None) -> Session:
         after = await super().commit(before, action, inputs, state, next_action)
-        await self._save(after)
+        burr_state = import_burr().State({**state, "__PRIOR_STEP": action, "__SEQUENCE_ID": after.sequence_id - 1})
+        await self._call("save", after.partition_key, after.app_id, after.sequence_id - 1, action, burr_state,
+                         "completed")
         return after
 
     async def list_sessions(self, partition_key: str | None, app_id: str | None, partitions: Sequence[str] | None,
-                   cursor: str | None, limit: int) -> Page:
-        if partition_key is not None and hasattr(self.persister, "list_app_ids"):
+                            cursor: str | None, limit: int) -> Page:
+        if partition_key is not None:
             for known in await self._call("list_app_ids", partition_key):
                 await self._adopt(partition_key, known)
         return await super().list_sessions(partition_key, app_id, partitions, cursor, limit)
 
     async def step(self, partition_key: str, app_id: str, sequence_id: int) -> Step | None:
         await self._adopt(partition_key, app_id)
-        return await super().step(partition_key, app_id, sequence_id)
+        steps = self._steps.get((partition_key, app_id), [])
+        return next((s for s in steps if s.sequence_id == sequence_id), None)
 
     async def history(self, partition_key: str, app_id: str, after: int, limit: int) -> list[Step]:
-        if await self.get(partition_key, app_id) is None:
-            raise SessionNotFound(partition_key, app_id)
+        await self._adopt(partition_key, app_id)
         return await super().history(partition_key, app_id, after, limit)
-
-
-def _burr_state(session: Session) -> Any:
-    core = import_burr()
-    return core.State(dict(session.state))
-

@@ -66,7 +66,7 @@ def inputs_of(func: Callable[..., Any], skip: int = 1, names: tuple[list[str], l
     """``{name: (annotation, default)}`` of ``func``'s parameters after the first ``skip``
     (the state); ``names`` (required, optional) limits them to those Burr passes."""
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func) or _source_hints(func)
     except Exception:  # an annotation that does not resolve: Any, not a crash
         hints = {}
     out: dict[str, tuple[Any, Any]] = {}
@@ -78,6 +78,29 @@ def inputs_of(func: Callable[..., Any], skip: int = 1, names: tuple[list[str], l
         default = REQUIRED if p.default is p.empty else p.default
         out[p.name] = (hints.get(p.name, Any), default)
     return out
+
+
+def _source_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    """Parameter annotations read from ``func``'s source, for a copy that lost them
+    (Burr's ``@streaming_action`` copies the function without its annotations)."""
+    import ast
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    node = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if node is None:
+        return {}
+    hints: dict[str, Any] = {}
+    for arg in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs):
+        if arg.annotation is not None:
+            try:
+                hints[arg.arg] = eval(ast.unparse(arg.annotation), getattr(func, "__globals__", {}))
+            except Exception:  # a name that does not resolve: Any
+                continue
+    return hints
 
 
 def jsonable(model: type[pydantic.BaseModel] | None, state: Mapping[str, Any]) -> dict[str, Any]:

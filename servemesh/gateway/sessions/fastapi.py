@@ -149,7 +149,7 @@ def _request_model(path: str, burr_app: Any, halt_after: list[str]) -> type[pyda
     for action in burr_app.graph.actions:
         raw = action.inputs
         names = raw if isinstance(raw, tuple) else (list(raw), [])
-        fn = getattr(action, "fn", None)
+        fn = getattr(action, "_originating_fn", None) or getattr(action, "fn", None)
         typed = inputs_of(fn, names=names) if fn is not None else {n: (Any, REQUIRED) for n in names[0]}
         for name, (ann, default) in typed.items():
             required = default is REQUIRED and action.name == target
