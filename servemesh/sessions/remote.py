@@ -78,9 +78,11 @@ class RemoteSessions:
         return bool(self.client.instance_ids())
 
     async def _one(self, op: str, **args: Any) -> Any:
-        ctx = Context(timeout=self.timeout)
-        async for item in self.client.generate(SessionCall(op, args), context=ctx, annotated=False):  # type: ignore[arg-type]
-            return item
+        stream = self.client.generate(SessionCall(op, args), context=Context(timeout=self.timeout),  # type: ignore[arg-type]
+                                      annotated=False)
+        async with stream:  # closed however the call ends
+            async for item in stream:
+                return item
         raise RuntimeError(f"the session service answered {op} with nothing")  # pragma: no cover
 
     async def get_or_create(self, partition_key: str, app_id: str) -> Session:
@@ -123,5 +125,7 @@ class RemoteSessions:
                      if_match: int | None = None) -> AsyncIterator[Any]:
         call = SessionCall("stream", {"partition_key": partition_key, "app_id": app_id, "action": action,
                                       "inputs": inputs, "if_match": if_match})
-        async for item in self.client.generate(call, context=Context(timeout=self.timeout), annotated=False):
-            yield Session.from_wire(item["session"]) if "session" in item else item["chunk"]
+        stream = self.client.generate(call, context=Context(timeout=self.timeout), annotated=False)
+        async with stream:  # a client that leaves mid-stream cancels the action: nothing is stored
+            async for item in stream:
+                yield Session.from_wire(item["session"]) if "session" in item else item["chunk"]

@@ -40,3 +40,13 @@ async def test_two_replicas_on_postgres_lose_no_update(etcd, namespace, postgres
         done = await hammer(c, "/counter", lambda s: ("add", {"amount": 1}))
         final = (await c.get("/counter/exists", params={"app_id": "shared", "partition_key": "p"})).json()
         assert done == CLIENTS * STEPS_EACH == final["state"]["total"] == final["sequence_id"]
+
+
+async def test_the_whole_api_of_a_burr_app_on_postgres(postgres_url):
+    from servemesh import DistributedRuntime
+
+    from .sessions_helpers import burr_chat, served
+    from .test_sessions_http import whole_api
+
+    async with DistributedRuntime() as rt, served(burr_chat.builder, rt, store=postgres_url, name="chat") as client:
+        await whole_api(client, "/chat")
