@@ -84,10 +84,22 @@ def now() -> float:
     return time.time()
 
 
+#: the largest sequence id accepted (stores keep 64-bit integers)
+MAX_SEQUENCE = 2**62
+
+
 def check_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_ID or (kind == "app_id" and not value):
         raise ValidationError(f"must be a string of 1 to {MAX_ID} characters" if kind == "app_id"
                               else f"must be a string of at most {MAX_ID} characters", kind)
+    if "\x00" in value:
+        raise ValidationError("must not hold NUL characters", kind)
+    return value
+
+
+def check_sequence(kind: str, value: int, low: int = 0) -> int:
+    if not low <= value <= MAX_SEQUENCE:
+        raise ValidationError(f"must be between {low} and {MAX_SEQUENCE}", kind)
     return value
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ActionFailed, ServemeshError, SessionConflict, SessionNotFound, ValidationError, WrongAction
 from .definition import Definition, Result
-from .records import Lineage, Page, Session, Step, check_id
+from .records import Lineage, Page, Session, Step, check_id, check_sequence
 from .schema import Models
 from .store import SessionStore
 
@@ -53,6 +53,8 @@ class Sessions:
         return session
 
     async def get(self, partition_key: str, app_id: str) -> Session:
+        check_id("partition_key", partition_key)
+        check_id("app_id", app_id)
         session = await self.store.get(partition_key, app_id)
         if session is None:
             raise SessionNotFound(partition_key, app_id)
@@ -60,17 +62,25 @@ class Sessions:
 
     async def list_sessions(self, partition_key: str | None = None, app_id: str | None = None, *,
                    partitions: Sequence[str] | None = None, cursor: str | None = None, limit: int = 50) -> Page:
+        for kind, value in (("partition_key", partition_key), ("app_id", app_id)):
+            if value is not None:
+                check_id(kind, value)
         return await self.store.list_sessions(partition_key, app_id, partitions, cursor, _limit(limit))
 
     async def partitions(self, *, partitions: Sequence[str] | None = None, after: str | None = None,
                          limit: int = 50) -> list[str]:
+        if after is not None:
+            check_id("after", after)
         return await self.store.partitions(partitions, after, _limit(limit))
 
     async def history(self, partition_key: str, app_id: str, *, after: int = -1, limit: int = 50) -> list[Step]:
         await self.get(partition_key, app_id)
+        check_sequence("after", after, -1)
         return await self.store.history(partition_key, app_id, after, _limit(limit))
 
     async def delete(self, partition_key: str, app_id: str) -> None:
+        check_id("partition_key", partition_key)
+        check_id("app_id", app_id)
         if not await self.store.delete(partition_key, app_id):
             raise SessionNotFound(partition_key, app_id)
 
@@ -79,7 +89,7 @@ class Sessions:
         """A new session ``new_app_id`` from ``app_id``'s state at ``at_sequence_id`` (default: its
         latest), with ``overrides`` applied; its ``parent`` records where it came from."""
         source = await self.get(partition_key, app_id)
-        seq = source.sequence_id if at_sequence_id is None else at_sequence_id
+        seq = source.sequence_id if at_sequence_id is None else check_sequence("at_sequence_id", at_sequence_id)
         step = await self.store.step(partition_key, app_id, seq)
         if step is None:
             raise SessionNotFound(partition_key, app_id, seq)
@@ -109,7 +119,7 @@ class Sessions:
             raise ValidationError(f"no action {action!r}; actions: {', '.join(self.app.actions)}", "action")
         values = self.models.validate_inputs(action, inputs)
         before = await self.get(partition_key, app_id)
-        if if_match is not None and if_match != before.sequence_id:
+        if if_match is not None and check_sequence("If-Match", if_match) != before.sequence_id:
             raise SessionConflict(partition_key, app_id, if_match, before.sequence_id)
         if action != before.next_action:
             raise WrongAction(action, before.next_action, app_id, partition_key)

@@ -13,11 +13,12 @@ from typing import Any
 import pydantic
 
 from ...sessions.definition import REQUIRED, RESERVED, Definition
-from ...sessions.records import MAX_ID, Session
+from ...sessions.records import MAX_ID, MAX_SEQUENCE, Session
 from ...sessions.schema import STRICT, Models, _camel
 
 AppId = pydantic.constr(min_length=1, max_length=MAX_ID)  # type: ignore[misc]
 PartitionKey = pydantic.constr(max_length=MAX_ID)  # type: ignore[misc]
+Sequence = pydantic.conint(ge=0, le=MAX_SEQUENCE)  # type: ignore[misc]
 
 
 class LineageModel(pydantic.BaseModel):
@@ -61,7 +62,7 @@ class HttpModels:
         overrides = self.domain.overrides
         self.fork = pydantic.create_model(
             f"{name}ForkRequest", __base__=SessionKey, new_app_id=(AppId, ...),
-            new_partition_key=(PartitionKey | None, None), at_sequence_id=(int | None, None),  # type: ignore[operator,arg-type]
+            new_partition_key=(PartitionKey | None, None), at_sequence_id=(Sequence | None, None),  # type: ignore[operator,arg-type]
             state_overrides=(overrides, pydantic.Field(default_factory=overrides)))
         self.step = pydantic.create_model(
             f"{name}Step", sequence_id=(int, ...), method=(str | None, ...), inputs=(dict[str, Any], ...),

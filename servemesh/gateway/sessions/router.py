@@ -35,11 +35,14 @@ from ...errors import ConfigError, ServemeshError
 from ...http.shape import Shape, plain_shape
 from ...sessions.acl import Principal, Principals
 from ...sessions.definition import Definition
-from ...sessions.records import Page, Session, Step
+from ...sessions.records import MAX_ID, MAX_SEQUENCE, Page, Session, Step
 from ..kit import DONE, ApiError, Problem, describe, event, event_stream
 from .models import HttpModels, PartitionsPage, SessionKey, session_body
 
 log = logging.getLogger("servemesh.gateway.sessions")
+
+APP_ID = Query(..., min_length=1, max_length=MAX_ID)
+PARTITION = Query("", max_length=MAX_ID)
 
 #: route names an action may not take
 FIXED = frozenset({"getOrCreate", "exists", "list", "partitions", "fork", "history", "session", "health", "live",
@@ -111,7 +114,7 @@ def if_match_of(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not text.isdigit() or len(text) > 18:
         raise ApiError(400, f"If-Match must be a session's sequence_id, not {value!r}", param="If-Match")
     return int(text)
 
@@ -174,15 +177,16 @@ def session_router(app: Definition, backend: Backend, *, prefix: str = "", princ
                          responses=responses, summary="Get a session, creating (and storing) it if absent",
                          operation_id=f"{app.name}_getOrCreate")
 
-    async def exists(request: Request, app_id: str = Query(..., min_length=1),
-                     partition_key: str = "") -> JSONResponse:
+    async def exists(request: Request, app_id: str = APP_ID,
+                     partition_key: str = PARTITION) -> JSONResponse:
         guard.check(request, partition_key)
         return ok(await backend.get(partition_key, app_id))
 
     router.add_api_route("/exists", exists, methods=["GET"], response_model=m.session, responses=responses,
                          summary="The session if it exists (404 if not)", operation_id=f"{app.name}_exists")
 
-    async def list_(request: Request, partition_key: str | None = None, app_id: str | None = None,
+    async def list_(request: Request, partition_key: str | None = Query(None, max_length=MAX_ID),
+                    app_id: str | None = Query(None, max_length=MAX_ID),
                     limit: int = Query(50, ge=1, le=500), cursor: str | None = None) -> JSONResponse:
         visible = guard.visible(request, partition_key)
         page = await backend.list_sessions(partition_key, app_id, partitions=visible, cursor=cursor, limit=limit)
@@ -192,7 +196,7 @@ def session_router(app: Definition, backend: Backend, *, prefix: str = "", princ
                          summary="Sessions, by partition and app id, a page at a time",
                          operation_id=f"{app.name}_list")
 
-    async def partitions(request: Request, after: str | None = None,
+    async def partitions(request: Request, after: str | None = Query(None, max_length=MAX_ID),
                          limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
         visible = guard.visible(request, None)
         names = await backend.partitions(partitions=visible, after=after, limit=limit)
@@ -217,8 +221,9 @@ def session_router(app: Definition, backend: Backend, *, prefix: str = "", princ
                          responses=responses, summary="A new session from another's state at a sequence id",
                          operation_id=f"{app.name}_fork")
 
-    async def history(request: Request, app_id: str = Query(..., min_length=1), partition_key: str = "",
-                      after: int = -1, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+    async def history(request: Request, app_id: str = APP_ID, partition_key: str = PARTITION,
+                      after: int = Query(-1, ge=-1, le=MAX_SEQUENCE),
+                      limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
         guard.check(request, partition_key)
         steps = await backend.history(partition_key, app_id, after=after, limit=limit)
         return JSONResponse({"steps": [{"sequence_id": s.sequence_id, "method": s.action, "inputs": s.inputs,
@@ -228,7 +233,7 @@ def session_router(app: Definition, backend: Backend, *, prefix: str = "", princ
     router.add_api_route("/history", history, methods=["GET"], response_model=m.history, responses=responses,
                          summary="The session's steps, oldest first", operation_id=f"{app.name}_history")
 
-    async def delete(request: Request, app_id: str = Query(..., min_length=1), partition_key: str = "") -> Response:
+    async def delete(request: Request, app_id: str = APP_ID, partition_key: str = PARTITION) -> Response:
         guard.check(request, partition_key)
         await backend.delete(partition_key, app_id)
         return Response(status_code=204)
