@@ -191,3 +191,37 @@ async def test_plain_app_served_over_http(tmp_path, store):
         assert r.status_code == 500 and r.json()["error_type"] == "ValueError"
         r = await c.post("/counter/add", json={"app_id": "x", "amount": "lots"})
         assert r.status_code == 422 and r.json()["field"] == "amount"
+
+
+async def test_a_client_leaving_a_stream_cancels_the_action_and_stores_nothing():
+    import asyncio
+
+    from servemesh.sessions import StatefulApp
+
+    class Talk(pydantic.BaseModel):
+        said: list[str] = []
+
+    talk = StatefulApp("talk", Talk)
+    cancelled = asyncio.Event()
+
+    @talk.action
+    async def speak(state: Talk, word: str):
+        yield word
+        try:
+            await asyncio.Event().wait()  # never ends by itself: only a cancellation stops it
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield state
+
+    talk.transitions(("speak", "speak"))
+    async with DistributedRuntime() as rt, served(talk, rt, store="memory://") as c:
+        await c.post("/talk/getOrCreate", json={"app_id": "t"})
+        async with c.stream("POST", "/talk/speak/stream", json={"app_id": "t", "word": "hi"}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    assert line == 'data: {"chunk":"hi"}'
+                    break
+        await asyncio.wait_for(cancelled.wait(), 10)
+        session = (await c.get("/talk/exists", params={"app_id": "t"})).json()
+        assert session["sequence_id"] == 0 and session["state"] == {"said": []}
