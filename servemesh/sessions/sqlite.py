@@ -56,7 +56,20 @@ class SQLiteStore:
         except ImportError as exc:  # pragma: no cover - a dependency of servemesh
             raise ConfigError("the SQLite session store needs aiosqlite: pip install aiosqlite") from exc
         self._db = await aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL takes an exclusive lock without waiting on the busy
+        # timeout: replicas opening one new file together retry it for as long (WAL, once
+        # set, stays set; later opens do not contend).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_TIMEOUT
+        while True:
+            try:
+                await self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except aiosqlite.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > deadline:
+                    await self.close()
+                    raise
+                await asyncio.sleep(0.02)
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.executescript(SCHEMA)
 
