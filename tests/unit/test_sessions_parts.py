@@ -74,3 +74,17 @@ def test_importing_sessions_imports_no_burr_nor_drivers():
             "print([m for m in ('burr', 'asyncpg', 'aiosqlite') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+async def test_replicas_opening_one_new_sqlite_file_together(tmp_path):
+    import asyncio
+
+    for round_ in range(20):  # the switch to WAL of a new file: one wins, the others wait for it
+        stores = [SQLiteStore(str(tmp_path / f"s{round_}.db")) for _ in range(3)]
+        try:
+            await asyncio.gather(*(s.open() for s in stores))
+            session, created = await stores[1].create("p", "a", {}, None)
+            assert created and (await stores[2].get("p", "a")) == session
+        finally:
+            for store in stores:
+                await store.close()
