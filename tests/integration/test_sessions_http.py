@@ -3,6 +3,9 @@ and mounted into a user's own FastAPI app (the router and post / post_streaming)
 
 from __future__ import annotations
 
+import datetime
+import enum
+
 import httpx
 import pydantic
 import pytest
@@ -225,3 +228,41 @@ async def test_a_client_leaving_a_stream_cancels_the_action_and_stores_nothing()
         await asyncio.wait_for(cancelled.wait(), 10)
         session = (await c.get("/talk/exists", params={"app_id": "t"})).json()
         assert session["sequence_id"] == 0 and session["state"] == {"said": []}
+
+
+class Mood(enum.Enum):
+    calm = "calm"
+    loud = "loud"
+
+
+class Note(pydantic.BaseModel):
+    text: str
+    at: datetime.date
+
+
+class Diary(pydantic.BaseModel):
+    notes: list[Note] = []
+    mood: Mood = Mood.calm
+
+
+async def test_typed_inputs_nested_models_dates_and_enums_travel_to_a_replica(etcd, namespace):
+    from servemesh.sessions import StatefulApp
+
+    diary = StatefulApp("diary", Diary)
+
+    @diary.action
+    def write(state: Diary, note: Note, mood: Mood = Mood.calm) -> Diary:
+        return state.model_copy(update={"notes": [*state.notes, note], "mood": mood})
+
+    diary.transitions(("write", "write"))
+    from .test_sessions_replicas import replicas_and_gateway
+
+    # the replica runs in a runtime of its own: the inputs cross TCP
+    async with replicas_and_gateway(etcd, namespace, diary, "memory://", replicas=1) as c:
+        await c.post("/diary/getOrCreate", json={"app_id": "d"})
+        r = await c.post("/diary/write", json={"app_id": "d", "note": {"text": "hi", "at": "2026-12-01"},
+                                               "mood": "loud"})
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == {"notes": [{"text": "hi", "at": "2026-12-01"}], "mood": "loud"}
+        r = await c.post("/diary/write", json={"app_id": "d", "note": {"text": "x", "at": "someday"}})
+        assert r.status_code == 422 and r.json()["field"] == "note.at"

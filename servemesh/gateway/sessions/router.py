@@ -253,8 +253,9 @@ def _add_action(router: APIRouter, app: Definition, action: str, request_model: 
     names = [n for n in request_model.model_fields if n not in ("app_id", "partition_key")]
 
     def split(body: Any) -> tuple[str, str, dict[str, Any]]:
-        given = body.model_fields_set
-        return body.partition_key, body.app_id, {n: getattr(body, n) for n in names if n in given}
+        # as JSON data: the inputs may travel to a replica, and are validated again there
+        given = body.model_fields_set & set(names)
+        return body.partition_key, body.app_id, body.model_dump(mode="json", include=given)
 
     async def run(request: Request, body: request_model,  # type: ignore[valid-type]
                   if_match: str | None = Header(None, alias="If-Match")) -> JSONResponse:
