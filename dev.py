@@ -3,6 +3,8 @@
 
     python3 dev.py main    # create .venv, install servemesh[llm], serve the LLM pipeline (OpenAI API)
     python3 dev.py test    # create .venv, install servemesh[dev], run ruff, mypy and pytest
+                           # (first installs the system tools the image-builder tests use:
+                           #  docker-registry, skopeo, umoci; apt-get, only when missing)
 
 Uses only the standard library, so it runs before anything is installed.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -52,7 +55,30 @@ def main_job(args: list[str]) -> None:
     run([str(PY), "examples/llm/pipeline.py", *args])
 
 
+#: system tools the tests of `servemesh build` run against (Debian packages); never skipped when absent
+SYSTEM_TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo", "umoci": "umoci"}
+
+
+def ensure_system_tools() -> None:
+    """Install the missing tools with apt-get (once: a no-op when all are on PATH). The
+    docker-registry package's own service is not used: tests start registries of their own."""
+    missing = sorted({pkg for binary, pkg in SYSTEM_TOOLS.items() if shutil.which(binary) is None})
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        sys.exit(f"the tests need {', '.join(missing)} (Debian packages); install them with your package manager")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"installing {', '.join(missing)} for the image-builder tests (apt-get) ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    quiet = {"stdout": subprocess.DEVNULL}
+    if subprocess.call([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                       env=env, **quiet) != 0:
+        run([*sudo, "apt-get", "update", "-qq"], env=env)
+        run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+
 def test(args: list[str]) -> None:
+    ensure_system_tools()
     ensure_venv("dev")  # dev includes stack and llm
     bin_dir = VENV / "bin"
     run([str(bin_dir / "ruff"), "check", "servemesh", "tests", "examples", "benchmarks", "dev.py"])

@@ -164,6 +164,24 @@ class Settings:
     #: most replicas one request may be delegated through (the chain's length).
     delegation_max_depth: int = 4
 
+    # -- typed functions and their images (docs/functions.md) ------------------------------
+    #: the runtime namespace functions serve in (``functions.<name>.execute``).
+    function_namespace: str = "functions"
+    #: the base image of ``servemesh build`` when neither ``--base`` nor a Dockerfile names one
+    #: (a registry reference, ``oci:DIR[:TAG]`` or a rootfs tar).
+    function_base: str | None = None
+    #: the base image ``servemesh build --cuda`` uses (the seed's CUDA/torch base).
+    function_cuda_base: str | None = None
+    #: the base image's Python (``3.12``) when its config does not say (``PYTHON_VERSION``).
+    function_python: str = "3.11"
+    #: registry credentials for ``servemesh build --push``: user and password (basic auth, or
+    #: exchanged for a bearer token when the registry asks for one), or a bearer token as is.
+    registry_user: str | None = None
+    registry_password: str | None = None
+    registry_token: str | None = None
+    #: seconds one registry request may take (uploads of large layers included).
+    registry_timeout: float = 300.0
+
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "nats", "memory"):
             raise ConfigError(f"SERVEMESH_TRANSPORT must be 'tcp', 'nats' or 'memory', not {self.transport!r}")
@@ -180,7 +198,8 @@ class Settings:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("drain_timeout", "connect_timeout", "request_timeout", "heartbeat_interval",
                      "heartbeat_timeout", "frame_timeout", "http_header_timeout", "http_body_timeout",
-                     "object_ttl", "object_gc_interval", "object_timeout", "capability_ttl", "capability_heartbeat"):
+                     "object_ttl", "object_gc_interval", "object_timeout", "capability_ttl", "capability_heartbeat",
+                     "registry_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SERVEMESH_{name.upper()} must be positive, not {getattr(self, name)}")
         if self.flush_frames is not None and self.flush_frames < 1:
@@ -192,6 +211,7 @@ class Settings:
                               f"SERVEMESH_CAPABILITY_TTL ({self.capability_ttl} s), or registrations expire between "
                               "heartbeats")
         check_name_setting("SERVEMESH_CAPABILITY_NAMESPACE", self.capability_namespace)
+        check_name_setting("SERVEMESH_FUNCTION_NAMESPACE", self.function_namespace)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"SERVEMESH_PORT must be 0..65535, not {self.port}")
 

@@ -31,6 +31,13 @@
         ├── ObjectRefused       (+ SerializationError) pickle without the operator's opt-in
         ├── ObjectCorrupted     (+ ProtocolError) stored bytes that are not a valid object
         └── ObjectStoreUnavailable  the object store's backend failed or timed out
+    └── FunctionError       a typed function (servemesh.functions); as itself: misuse
+        ├── FunctionInputError  (+ ValidationError) inputs or params that fail their models (field): 422
+        ├── FunctionStartupError  on_startup raised (function, cause): the process exits with it
+        ├── FunctionInvalid     validation found problems (problems: every one, with its location)
+        └── BuildError          the image builder cannot build (a Dockerfile line, a base image)
+            └── RegistryError   a registry refused or failed a request (status, url)
+                └── PushRefused an overwrite without --force, or a breaking change (diff)
 
 Workers raise these (or their own exceptions, which reach clients as
 ``RemoteError``); only the gateways map them to HTTP status codes.
@@ -552,3 +559,57 @@ class ObjectStoreUnavailable(ObjectStoreError):
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
         return cls(str(fields.get("location", "")), str(fields.get("reason", "")))
+
+
+# -- typed functions (servemesh.functions) ------------------------------------------------
+class FunctionError(ServemeshError):
+    """Base of the typed functions' errors; as itself: a function authored or used wrongly."""
+
+
+class FunctionInputError(FunctionError, ValidationError):
+    """Inputs or params that do not match the function's models (``field``: ``inputs.text``).
+    A gateway answers 422."""
+
+    kind = "function_input"
+
+
+class FunctionStartupError(FunctionError):
+    """The function's ``on_startup`` raised: it never becomes ready, and its process exits."""
+
+    def __init__(self, function: str, cause: str) -> None:
+        self.function = function
+        self.cause = cause
+        super().__init__(f"on_startup of function {function!r} failed: {cause}")
+
+
+class FunctionInvalid(FunctionError):
+    """``servemesh validate`` found problems; ``problems`` lists every one with its location."""
+
+    def __init__(self, where: str, problems: Sequence[str]) -> None:
+        self.where = where
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{where}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class BuildError(FunctionError):
+    """The image builder cannot build: an instruction it cannot honour (the message names
+    the Dockerfile line), a missing base image, a file outside the build context."""
+
+
+class RegistryError(BuildError):
+    """A registry refused or failed a request (``status`` 0: it could not be reached)."""
+
+    def __init__(self, message: str, status: int = 0, url: str = "") -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class PushRefused(RegistryError):
+    """A push that would overwrite a pushed version (without ``--force``) or break its
+    consumers without a major version bump; ``diff`` lists the changes."""
+
+    def __init__(self, message: str, diff: Sequence[str] = ()) -> None:
+        self.diff = list(diff)
+        super().__init__(message + ("".join(f"\n  {d}" for d in self.diff)))

@@ -56,10 +56,11 @@ class Throttled:
         self.max_keys = max_keys
         self._windows: dict[object, tuple[float, int, int]] = {}  # key -> (window start, sent, held back)
 
-    def warning(self, key: object, message: str, *args: object) -> None:
-        self.log(logging.WARNING, key, message, *args)
+    def warning(self, key: object, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.log(logging.WARNING, key, message, *args, exc_info=exc_info)
 
-    def log(self, level: int, key: object, message: str, *args: object) -> None:
+    def log(self, level: int, key: object, message: str, *args: object,
+            exc_info: BaseException | None = None) -> None:
         now = time.monotonic()
         start, sent, held = self._windows.get(key, (now, 0, 0))
         if now - start >= 60.0:
@@ -72,4 +73,4 @@ class Throttled:
         self._windows[key] = (start, sent + 1, 0)
         if held:
             message += f" ({held} similar lines suppressed)"
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)

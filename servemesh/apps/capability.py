@@ -23,6 +23,7 @@ from ..capability.registrar import PeerSync, Registrar, RegistrationFailed
 from ..capability.replica import Replica
 from ..capability.routing import CapabilityRouter
 from ..config import Settings
+from ..errors import ConfigError
 from ..gateway.capability.api import CapabilityApiServer
 from ..gateway.capability.grpc_connector import GrpcConnector
 from ..gateway.capability.grpc_server import ReplicaGrpcServer
@@ -31,6 +32,7 @@ from ..objects import ObjectStoreSettings, open_objects
 from ..runtime import DistributedRuntime
 from ..runtime.discovery.memory import MemoryDiscovery, MemoryStore
 from ..runtime.discovery.overlay import OverlayDiscovery
+from ..runtime.tasks import own_error
 
 log = logging.getLogger("servemesh.capability")
 
@@ -40,6 +42,10 @@ log = logging.getLogger("servemesh.capability")
 #: (about 25% more /infer/json at c=32 on two cores than with the default of 32; replicas
 #: keep 32, which suits their streamed answers)
 FLUSH_FRAMES = 4
+
+
+#: registration answers that no retry changes (a 409 does: the other registration expires)
+PERMANENT = frozenset((400, 401, 403, 404, 405, 413, 415, 422))
 
 
 def tuned(settings: Settings) -> Settings:
@@ -121,18 +127,19 @@ async def serve_replica(runtime: DistributedRuntime, app: App, *, replica_id: st
         replica = await Replica(app, runtime, replica_id=replica_id, endpoint=endpoint, objects=objects,
                                 router=router).start()
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(replica.serve())
-                await replica.wait_served()
-                await grpc_server.start(replica)
-                log.info("replica %s serving %s (gRPC %s, object store %s)", replica_id,
-                         ", ".join(wire_text(c) for c in app.get_capabilities()), endpoint, objects.store)
-                if api_server:
-                    registrar = await _registrar(runtime, replica, api_server, token, store)
-                    group.create_task(_keep_registered(runtime, registrar))
-                settle_heap()
-                if on_ready is not None:
-                    on_ready(replica, endpoint)
+            with own_error():  # a failed start-up (say, a refused registration): its own error
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(replica.serve())
+                    await replica.wait_served()
+                    await grpc_server.start(replica)
+                    log.info("replica %s serving %s (gRPC %s, object store %s)", replica_id,
+                             ", ".join(wire_text(c) for c in app.get_capabilities()), endpoint, objects.store)
+                    if api_server:
+                        registrar = await _registrar(runtime, replica, api_server, token, store)
+                        group.create_task(_keep_registered(runtime, registrar))
+                    settle_heap()
+                    if on_ready is not None:
+                        on_ready(replica, endpoint)
         finally:
             await grpc_server.stop(grace=1.0)
             await replica.close()
@@ -141,14 +148,18 @@ async def serve_replica(runtime: DistributedRuntime, app: App, *, replica_id: st
 async def _registrar(runtime: DistributedRuntime, replica: Replica, api_server: str, token: str | None,
                      store: MemoryStore | None) -> Registrar:
     settings = runtime.settings
+    token = token or settings.capability_token or secrets.token_urlsafe(24)
+    if not 8 <= len(token) <= 256:
+        raise ConfigError(f"the replica's token (--token, SERVEMESH_CAPABILITY_TOKEN) must be 8 to 256 characters, "
+                          f"not {len(token)}")
     records = await runtime.discovery.list(f"instances/{replica.namespace}/{wire.COMPONENT}/")
     transport = next((r.transport for r in records if r.instance_id == runtime.instance_id), {})
     payload = {
         "replica_id": replica.replica_id, "endpoint": replica.endpoint,
         "capabilities": replica.app.get_capabilities(),
-        "token": token or settings.capability_token or secrets.token_urlsafe(24),
+        "token": token,
         "servemesh": {"namespace": replica.namespace, "instance_id": runtime.instance_id, "transport": transport,
-                      "streams": [s.stream for s in replica.specs]},
+                      "streams": [s.stream for s in replica.specs], "models": replica.models()},
     }
     # the API server's key: the first of SERVEMESH_API_KEY (the mesh shares its keys)
     keys = [k.strip() for k in (settings.api_key or "").split(",") if k.strip()]
@@ -159,6 +170,8 @@ async def _registrar(runtime: DistributedRuntime, replica: Replica, api_server: 
         await registrar.register()
         log.info("registered with the API server %s as %s", api_server, replica.replica_id)
     except RegistrationFailed as exc:
+        if exc.status in PERMANENT:  # retrying would only repeat it: say so and stop
+            raise ConfigError(f"{exc} (the API server will refuse every retry)") from None
         log.warning("%s; retrying every %gs", exc, registrar.interval)
     return registrar
 

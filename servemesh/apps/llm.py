@@ -19,6 +19,7 @@ from ..llm.processor import ENGINE_PATH, PROCESSOR_PATH, Processor
 from ..llm.tokenizer import ByteTokenizer, GGUFTokenizer, Tokenizer
 from ..runtime import DistributedRuntime
 from ..runtime.discovery.memory import MemoryDiscovery
+from ..runtime.tasks import own_error
 from ..sdk import serve
 
 log = logging.getLogger("servemesh.llm")
@@ -86,26 +87,23 @@ async def serve_pipeline(runtime: DistributedRuntime, *, engine: str = "llamacpp
     # each further engine is another instance: a runtime of its own in the same discovery
     others = [DistributedRuntime(runtime.settings, discovery=_shared(runtime)) for _ in range(engines - 1)]
     try:
-        async with asyncio.TaskGroup() as services:
-            for rt in (runtime, *others):
-                services.create_task(serve(cls, runtime=rt, **kwargs))
-            services.create_task(serve(Processor, runtime=runtime, tokenizer=tokenizer, engine_path=ENGINE_PATH))
-            for rt in (runtime, *others):
-                await rt.wait_served(ENGINE_PATH)
-            await runtime.wait_served(PROCESSOR_PATH)
-            server = await start_frontend(runtime, host, port)
-            try:
-                if on_ready is not None:
-                    on_ready(server.url, model)
-                await runtime.wait_stopped()
-            finally:
-                await server.stop()
-                for rt in others:
-                    rt.request_shutdown()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:  # one component failed: its own error, not a group
-            raise group.exceptions[0] from None
-        raise
+        with own_error():  # one component failed: its own error, not a group
+            async with asyncio.TaskGroup() as services:
+                for rt in (runtime, *others):
+                    services.create_task(serve(cls, runtime=rt, **kwargs))
+                services.create_task(serve(Processor, runtime=runtime, tokenizer=tokenizer, engine_path=ENGINE_PATH))
+                for rt in (runtime, *others):
+                    await rt.wait_served(ENGINE_PATH)
+                await runtime.wait_served(PROCESSOR_PATH)
+                server = await start_frontend(runtime, host, port)
+                try:
+                    if on_ready is not None:
+                        on_ready(server.url, model)
+                    await runtime.wait_stopped()
+                finally:
+                    await server.stop()
+                    for rt in others:
+                        rt.request_shutdown()
     finally:
         for rt in others:
             await rt.shutdown()

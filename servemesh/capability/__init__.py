@@ -19,6 +19,7 @@ from ..tensors import InferRequest, InferResponse, InferTensor, ModelInferReques
 from . import wire
 from .app import AnyServe, App, CapabilitySpec
 from .context import Context
+from .models import ModelSpec, TensorSpec
 from .stream import Stream
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "InferTensor",
     "ModelInferRequest",
     "ModelInferResponse",
+    "ModelSpec",
     "Stream",
+    "TensorSpec",
     "wire",
 ]

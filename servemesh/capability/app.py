@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
+from .models import VERSION_LABEL, ModelSpec, model_spec
 from .wire import Labels, check_labels, normalized
 
 
@@ -41,6 +42,8 @@ class CapabilitySpec:
     keys: Labels
     #: the handler takes ``(request, context[, stream])``, not just ``(request)``
     takes_context: bool = True
+    #: the model metadata it declared (inputs, outputs, platform, versions), if any
+    model: ModelSpec | None = None
 
     @property
     def name(self) -> str:
@@ -54,21 +57,32 @@ class App:
         self.name = name
         self._specs: list[CapabilitySpec] = []
 
-    def capability(self, *, stream: bool = False, **labels: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def capability(self, *, stream: bool = False, inputs: Any = None, outputs: Any = None,
+                   platform: str | None = None, versions: Any = None,
+                   **labels: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare a handler of the capability ``labels`` (``type="chat", model="demo"``).
 
         ``handler(request, context) -> response``, or with ``stream=True``
         ``handler(request, context, stream)`` calling ``stream.send(response)`` (an
         ``async def`` generator taking ``(request, context)`` may ``yield`` instead).
-        ``def`` handlers run in worker threads, ``async def`` ones on the event loop."""
+        ``def`` handlers run in worker threads, ``async def`` ones on the event loop.
+
+        ``inputs`` / ``outputs`` (``TensorSpec(name, datatype, shape)`` each), ``platform``
+        and ``versions`` declare the model's metadata, which the KServe (OIP v2) gateway
+        reports (docs/kserve.md); ``versions`` become the ``version`` label."""
         if not labels:
             raise ConfigError("@app.capability(...) needs at least one label, e.g. type='chat'")
+        model = model_spec(inputs, outputs, platform, versions)
+        if model is not None and model.versions:
+            if VERSION_LABEL in labels:
+                raise ConfigError("give versions= or a version label, not both")
+            labels[VERSION_LABEL] = list(model.versions)
         checked = check_labels(labels)
         if not isinstance(stream, bool):
             raise ConfigError(f"stream= must be True or False, not {stream!r}")
 
         def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
-            self._specs.append(_spec(handler, checked, stream))
+            self._specs.append(dataclasses.replace(_spec(handler, checked, stream), model=model))
             return handler
 
         return decorate

@@ -6,7 +6,8 @@
   one included) and get its response;
 - ``context.delegate(capability=...)``: hand this request to a replica that has the
   capability and answer with its response; the delegation chain travels with it, a
-  replica already in the chain is never chosen, and the depth is limited;
+  replica is never asked again for labels it was already asked for on the way (a
+  loop), and the depth is limited;
 - ``replica_id``, ``capability`` (the labels this handler serves), ``request_id``,
   ``chain`` (the replicas this request came through).
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ..errors import Cancelled, ConfigError, DeadlineExceeded, ValidationError
+from ..errors import Cancelled, ConfigError, DeadlineExceeded, ServemeshError, ValidationError
 from ..runtime import Context as RuntimeContext
 from ..tensors import InferRequest, InferResponse, InferTensor, decode_contents_response
 from . import wire
@@ -38,16 +39,19 @@ T = TypeVar("T")
 class Context:
     """Per request; made by the replica."""
 
-    __slots__ = ("_body", "_runtime_ctx", "call_depth", "capability", "chain", "replica", "request")
+    __slots__ = ("_body", "_hops", "_runtime_ctx", "_want", "call_depth", "capability", "chain", "replica",
+                 "request")
 
-    def __init__(self, replica: Replica, labels: Mapping[str, Any], runtime_ctx: RuntimeContext,
-                 chain: list[str], depth: int, body: bytes | None) -> None:
+    def __init__(self, replica: Replica, labels: Mapping[str, Any], want: Mapping[str, Any],
+                 runtime_ctx: RuntimeContext, chain: list[str], depth: int, body: bytes | None) -> None:
         self.replica = replica
         #: the labels of the handler serving this request
         self.capability = dict(labels)
+        self._want = want  # the labels the request asked for
         self._runtime_ctx = runtime_ctx
+        self._hops = chain
         #: replicas this request was delegated or called from, oldest first
-        self.chain = chain
+        self.chain = wire.replicas_of(chain)
         self.call_depth = depth
         self._body = body
         #: the request being served (set once it is decoded)
@@ -110,7 +114,11 @@ class Context:
         ctx = RuntimeContext(self._runtime_ctx.id, deadline=self._runtime_ctx.deadline)
         unlink = self._runtime_ctx.on_stop(ctx.stop_generating)  # the caller left: so does the call
         try:
-            data = await self.replica.forward(want, body, self.chain, self.call_depth, ctx, delegate=delegate)
+            data = await self.replica.forward(want, body, self._hops, self.call_depth, ctx, delegate=delegate,
+                                              received=self._want)
+        except ServemeshError as exc:
+            exc.forwarded = True  # type: ignore[attr-defined]  # that replica's answer: it stands (handler_fault)
+            raise
         finally:
             unlink()
         return decode_contents_response(data)

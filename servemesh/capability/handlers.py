@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Overloaded, SerializationError
+from ..errors import (
+    InvalidObjectRef,
+    ObjectStoreError,
+    ObjectTooLarge,
+    Overloaded,
+    RemoteError,
+    SerializationError,
+    ServemeshError,
+    ValidationError,
+)
+from ..log import Throttled
 from ..tensors import InferRequest, response_from_any
 from .app import CapabilitySpec
 from .stream import Stream
@@ -26,15 +37,53 @@ Encode = Callable[[Any], Any]
 Decode = Callable[[Any], InferRequest]
 
 
-def answer(encode: Encode) -> Encode:
-    """``encode`` applied to what a handler returned or sent, as an ``InferResponse``."""
+def answer(encode: Encode, ctx: Context | None = None) -> Encode:
+    """``encode`` applied to what a handler returned or sent, as an ``InferResponse``; a
+    response without an ``id`` (or ``model_name``) gets the request's, as OIP v2 says."""
     def convert(item: Any) -> Any:
         if item is None:
             raise SerializationError("the handler returned None: return a ModelInferResponse (InferResponse), "
                                      "a protobuf ModelInferResponse, or a contents JSON dict")
-        return encode(response_from_any(item))
+        response = response_from_any(item)
+        request = ctx.request if ctx is not None else None
+        if request is not None:
+            if not response.id:
+                response.id = request.id
+            if not response.model_name:
+                response.model_name = request.model_name
+        return encode(response)
 
     return convert
+
+
+#: errors that say "the request is wrong" (4xx): raised by a handler's own code (a bad
+#: output tensor, an answer that is not a response, an object too large to store) they
+#: are the handler's failure, not the caller's
+_CALLER_ERRORS = (ValidationError, SerializationError, ObjectTooLarge)
+
+
+log = logging.getLogger("servemesh.capability")
+throttled = Throttled(log)
+
+
+def handler_fault(exc: BaseException) -> BaseException:
+    """What the caller sees for ``exc`` out of a handler (after its request was decoded):
+    a request-shaped error, or a misuse of the object store (``objects.create`` on the
+    event loop), becomes ``RemoteError`` (500, its type and message), unless it came
+    back from a call the handler made (``context.call`` / ``delegate``: that replica's
+    answer stands). Exceptions that are not servemesh's are logged here, with their
+    traceback (throttled): the caller gets only their type and message."""
+    if getattr(exc, "forwarded", False):
+        return exc
+    if not isinstance(exc, ServemeshError):
+        throttled.warning(type(exc).__name__, "a handler raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return exc
+    if ((isinstance(exc, _CALLER_ERRORS) and not isinstance(exc, InvalidObjectRef))  # a ref is the caller's input
+            or type(exc) is ObjectStoreError):
+        fault = RemoteError(type(exc).__name__, str(exc))
+        fault.__cause__ = exc
+        return fault
+    return exc
 
 
 class Runner:
@@ -77,8 +126,11 @@ class Runner:
                 return
             if spec.is_generator:
                 request = ctx.request = decode(raw)
-                async for item in spec.handler(request, ctx):
-                    yield encode(item)
+                try:
+                    async for item in spec.handler(request, ctx):
+                        yield encode(item)
+                except Exception as exc:
+                    raise handler_fault(exc) from None
                 return
             loop = asyncio.get_running_loop()
             stream = Stream(loop, encode)
@@ -94,6 +146,8 @@ class Runner:
                         item = await stream.get()
                     except StopAsyncIteration:
                         break
+                    except Exception as exc:
+                        raise handler_fault(exc) from None
                     yield item
             finally:
                 stream.close()
@@ -108,7 +162,10 @@ class Runner:
                               encode: Encode) -> Any:
         if spec.is_async:
             request = ctx.request = decode(raw)
-            return encode(await _call(spec, request, ctx))
+            try:
+                return encode(await _call(spec, request, ctx))
+            except Exception as exc:
+                raise handler_fault(exc) from None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, _in_thread, spec, raw, decode, ctx, encode)
 
@@ -119,9 +176,15 @@ async def _call(spec: CapabilitySpec, request: InferRequest, ctx: Context) -> An
 
 def _in_thread(spec: CapabilitySpec, raw: Any, decode: Decode, ctx: Context, encode: Encode) -> Any:
     request = ctx.request = decode(raw)
-    return encode(spec.handler(request, ctx) if spec.takes_context else spec.handler(request))
+    try:
+        return encode(spec.handler(request, ctx) if spec.takes_context else spec.handler(request))
+    except Exception as exc:
+        raise handler_fault(exc) from None
 
 
 def _stream_in_thread(spec: CapabilitySpec, raw: Any, decode: Decode, ctx: Context, stream: Stream) -> None:
     request = ctx.request = decode(raw)
-    spec.handler(request, ctx, stream)
+    try:
+        spec.handler(request, ctx, stream)
+    except Exception as exc:
+        raise handler_fault(exc) from None

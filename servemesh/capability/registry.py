@@ -42,6 +42,8 @@ class RuntimeInfo:
     transport: dict[str, str]
     #: which of the capabilities stream
     streams: list[bool] | None = None
+    #: each capability's declared model metadata (or None)
+    models: list[dict[str, Any] | None] | None = None
 
 
 @dataclasses.dataclass
@@ -105,6 +107,8 @@ class Registry:
                                   field="servemesh.namespace")
         if runtime is not None and runtime.streams is not None and len(runtime.streams) != len(labels):
             raise ValidationError("servemesh.streams must have one flag per capability", field="servemesh.streams")
+        if runtime is not None and runtime.models is not None and len(runtime.models) != len(labels):
+            raise ValidationError("servemesh.models must have one entry per capability", field="servemesh.models")
         now = self.clock()
         old = self._entries.get(replica_id)
         if old is not None:
@@ -165,7 +169,8 @@ class Registry:
     def _records(self, entry: Registration) -> tuple[InstanceRecord, ...]:
         rt = entry.runtime
         if rt is not None:
-            caps = wire.record_capabilities(entry.replica_id, entry.endpoint, entry.capabilities, rt.streams)
+            caps = wire.record_capabilities(entry.replica_id, entry.endpoint, entry.capabilities, rt.streams,
+                                            rt.models)
             iid, transport = rt.instance_id, dict(rt.transport)
         else:
             caps = wire.record_capabilities(entry.replica_id, entry.endpoint, entry.capabilities)

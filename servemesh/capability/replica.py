@@ -4,9 +4,12 @@ It serves two runtime endpoints of the capability namespace (``wire.paths``), wh
 discovery records carry its replica id, its gRPC endpoint and its handlers' label
 sets; an API server (or another replica) routes to it by those. A request for
 labels none of its handlers offer is delegated to a replica that has them; so is a
-handler's ``context.delegate(...)``. The chain of replicas travels with the request
-(``InferCall.chain``): a replica already in it is never chosen again, and the
-chain's length is limited (``SERVEMESH_DELEGATION_MAX_DEPTH``).
+handler's ``context.delegate(...)``. The chain of hops travels with the request
+(``InferCall.chain``: each replica with the labels it was asked for): a replica is
+never asked again for labels it was already asked for on the way (a loop, refused
+where it would happen and where it arrives), and the chain's length is limited
+(``SERVEMESH_DELEGATION_MAX_DEPTH``). A pipeline may come back to a replica for other
+labels.
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ class Replica:
 
     def record_capabilities(self) -> dict[str, Any]:
         return wire.record_capabilities(self.replica_id, self.endpoint, [s.labels for s in self.specs],
-                                        [s.stream for s in self.specs])
+                                        [s.stream for s in self.specs], self.models())
+
+    def models(self) -> list[dict[str, Any] | None]:
+        """Each handler's declared model metadata, for records and registrations."""
+        return [None if s.model is None else s.model.to_record() for s in self.specs]
 
     async def start(self) -> Replica:
         self._loop = asyncio.get_running_loop()
@@ -112,9 +119,16 @@ class Replica:
     def streams_only(self, want: Mapping[str, Any]) -> bool:
         return any(s.stream and wire.matches(s.keys, want) for s in self.specs)
 
-    def context(self, spec: CapabilitySpec, ctx: RuntimeContext, chain: list[str], depth: int,
-                body: bytes | None) -> Context:
-        return Context(self, spec.labels, ctx, chain, depth, body)
+    def context(self, spec: CapabilitySpec, want: Mapping[str, Any], ctx: RuntimeContext, chain: list[str],
+                depth: int, body: bytes | None) -> Context:
+        self._check_loop(want, chain)
+        return Context(self, spec.labels, want, ctx, chain, depth, body)
+
+    def _check_loop(self, want: Mapping[str, Any], chain: list[str]) -> None:
+        """Refuse a request this replica already passed on for the same labels (it came
+        back: a loop, e.g. through an alias registration of this replica)."""
+        if chain and wire.hop(self.replica_id, want) in chain:
+            raise DelegationRefused("loop", [*wire.replicas_of(chain), self.replica_id], self.max_depth, dict(want))
 
     # -- the runtime endpoints -----------------------------------------------------------------
     async def _infer(self, call: wire.InferCall, ctx: RuntimeContext) -> bytes:
@@ -122,13 +136,15 @@ class Replica:
         if spec is None:
             if self.streams_only(call.want):
                 raise _streams(call.want)
+            self._check_loop(call.want, call.chain)
             return await self.forward(call.want, call.body, call.chain, call.depth, ctx, delegate=True)
-        hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
-        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response))
+        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, call.body)
+        return await self.runner.unary(spec, call.body, wire.decode_request, hctx, answer(wire.encode_response, hctx))
 
     async def _stream(self, call: wire.InferCall, ctx: RuntimeContext) -> AsyncIterator[bytes]:
         spec = self.find(call.want, True)
         if spec is None:
+            self._check_loop(call.want, call.chain)
             first, rest = await self.forward_stream(call.want, call.body, call.chain, call.depth, ctx)
             if first is None:
                 return
@@ -137,36 +153,41 @@ class Replica:
                 for item in batch:
                     yield item
             return
-        hctx = Context(self, spec.labels, ctx, call.chain, call.depth, call.body)
+        hctx = self.context(spec, call.want, ctx, call.chain, call.depth, call.body)
         async for item in self.runner.stream(spec, call.body, wire.decode_request, hctx,
-                                             answer(wire.encode_response)):
+                                             answer(wire.encode_response, hctx)):
             yield item
 
     # -- delegation and calls --------------------------------------------------------------------
     def _next_hop(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                  delegate: bool, stream: bool) -> tuple[wire.InferCall, Collection[str]]:
-        chain = [*chain, self.replica_id]
+                  delegate: bool, stream: bool, received: Mapping[str, Any]) -> tuple[wire.InferCall, Collection[str]]:
+        """The call to pass on, and the replicas it must not go to. ``received``: the
+        labels this replica was asked for (its hop in the chain)."""
+        chain = [*chain, wire.hop(self.replica_id, received)]
         if depth >= self.max_depth:
-            raise DelegationRefused("depth", chain, self.max_depth, dict(want))
-        exclude: Collection[str] = chain if delegate else ()
+            raise DelegationRefused("depth", wire.replicas_of(chain), self.max_depth, dict(want))
+        exclude: Collection[str] = wire.excluded(chain, want) if delegate else ()
         if delegate:
             everyone = self.router.candidates(want, True if stream else False)
             if everyone and all(v.replica_id in exclude for v in everyone):
-                raise DelegationRefused("loop", chain, self.max_depth, dict(want))
+                raise DelegationRefused("loop", wire.replicas_of(chain), self.max_depth, dict(want))
         return wire.InferCall(body, dict(want), chain, depth + 1), exclude
 
     async def forward(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                      ctx: RuntimeContext, *, delegate: bool) -> bytes:
-        """The answer of another replica (``delegate``: never one already in the chain,
-        nor this one) that serves ``want``, to ``body``."""
-        call, exclude = self._next_hop(want, body, chain, depth, delegate, False)
+                      ctx: RuntimeContext, *, delegate: bool, received: Mapping[str, Any] | None = None) -> bytes:
+        """The answer of another replica that serves ``want``, to ``body`` (``delegate``:
+        never one already asked for ``want`` on the way). ``received``: the labels this
+        replica was asked for (default ``want``: it cannot serve them itself)."""
+        call, exclude = self._next_hop(want, body, chain, depth, delegate, False,
+                                       want if received is None else received)
         if delegate:
             log.debug("replica %s delegates %s to another replica (chain %s)", self.replica_id, want, call.chain)
         return await self.router.unary(call, ctx, exclude)
 
     async def forward_stream(self, want: Mapping[str, str], body: bytes, chain: list[str], depth: int,
-                             ctx: RuntimeContext) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
-        call, exclude = self._next_hop(want, body, chain, depth, True, True)
+                             ctx: RuntimeContext, received: Mapping[str, Any] | None = None,
+                             ) -> tuple[bytes | None, AsyncIterator[list[bytes]]]:
+        call, exclude = self._next_hop(want, body, chain, depth, True, True, want if received is None else received)
         return await self.router.stream(call, ctx, exclude)
 
     async def infer(self, request: InferRequest, want: Mapping[str, str], ctx: RuntimeContext,
@@ -179,10 +200,11 @@ class Replica:
                 raise CapabilityNotFound({"model": request.model_name}, self.app.get_capabilities())
             if self.streams_only(want):
                 raise _streams(want)
+            self._check_loop(want, chain)
             data = await self.forward(want, wire.encode_request(request), chain, depth, ctx, delegate=True)
             return decode_contents_response(data)
-        hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same))
+        hctx = self.context(spec, want, ctx, chain, depth, None)
+        response: InferResponse = await self.runner.unary(spec, request, _same, hctx, answer(_same, hctx))
         return response
 
 
@@ -194,6 +216,7 @@ class Replica:
         if spec is None:
             if not want:
                 raise CapabilityNotFound({"model": request.model_name}, self.app.get_capabilities())
+            self._check_loop(want, chain)
             first, rest = await self.forward_stream(want, wire.encode_request(request), chain, depth, ctx)
             if first is not None:
                 yield decode_contents_response(first)
@@ -201,8 +224,8 @@ class Replica:
                     for item in batch:
                         yield decode_contents_response(item)
             return
-        hctx = Context(self, spec.labels, ctx, chain, depth, None)
-        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same)):
+        hctx = self.context(spec, want, ctx, chain, depth, None)
+        async for response in self.runner.stream(spec, request, _same, hctx, answer(_same, hctx)):
             yield response
 
 

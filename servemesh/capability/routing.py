@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: label sets remembered as "served before" (a 503 rather than a 404 when they vanish)
 MAX_SEEN = 4096
+#: label sets a "no such capability" error lists at most
+MAX_AVAILABLE = 50
 
 
 class CapabilityRouter:
@@ -85,6 +87,10 @@ class CapabilityRouter:
                 del views[iid]
         return out
 
+    def generation(self) -> int | None:
+        """Changes whenever the live set of replicas does (``None``: unknown now)."""
+        return self._unary.generation if self._unary is not None else None
+
     def records(self) -> list[InstanceRecord]:
         """The live records of both endpoints of every replica."""
         return [r for c in (self._unary, self._stream) if c is not None for r in c.records().values()]
@@ -136,7 +142,7 @@ class CapabilityRouter:
                                    "(/infer/stream, or ModelStreamInfer over gRPC)", field="X-Capability-*")
         everyone = self.candidates(want, None)
         if everyone and exclude and all(v.replica_id in exclude for v in everyone):
-            return DelegationRefused("loop", list(exclude), self.runtime.settings.delegation_max_depth, dict(want))
+            return DelegationRefused("loop", sorted(exclude), self.runtime.settings.delegation_max_depth, dict(want))
         if everyone:
             return NoInstancesError(f"capability {_text(want)}", [])
         seen = self._seen
@@ -149,6 +155,8 @@ class CapabilityRouter:
             for labels in view.labels:
                 if labels not in available:
                     available.append(labels)
+                    if len(available) == MAX_AVAILABLE:  # an error body stays small: /registry has them all
+                        return CapabilityNotFound(dict(want), available)
         return CapabilityNotFound(dict(want), available)
 
     # -- calls --------------------------------------------------------------------------------

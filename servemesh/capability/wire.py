@@ -13,6 +13,7 @@ namespace: ``{ns}.replica.infer`` (one answer: the runtime's unary fast path) an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,11 @@ DELEGATED_FROM = "x-delegated-from"
 DELEGATION_DEPTH = "x-delegation-depth"
 
 _REPLICA_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: a chain entry: a replica id, and the tag of the labels it was asked for (``hop``)
+_HOP = re.compile(r"([A-Za-z0-9._:-]{1,128})(?:@([0-9a-f]{8}))?")
+#: most entries an ``X-Delegated-From`` header may hold, and the largest depth it may state
+MAX_CHAIN = 64
+MAX_DEPTH_HEADER = 1 << 20
 _LABEL_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _encode_json = msgspec.json.Encoder().encode
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
@@ -51,7 +57,7 @@ class InferCall(msgspec.Struct, array_like=True, omit_defaults=True):
     body: bytes
     #: the labels asked for: ``X-Capability-Type: chat`` is ``{"type": "chat"}``
     want: dict[str, str]
-    #: replicas this request was delegated (or called) from, oldest first
+    #: the hops this request was delegated (or called) from, oldest first (``hop``)
     chain: list[str] = []
     #: how many delegations it went through (at least ``len(chain)``)
     depth: int = 0
@@ -109,12 +115,16 @@ def want_from_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def chain_from_headers(delegated_from: str | None, depth: str | None) -> tuple[list[str], int]:
-    """The delegation chain of ``X-Delegated-From`` (comma-separated replica ids) and
+    """The delegation chain of ``X-Delegated-From`` (comma-separated hops: replica ids,
+    each with the tag of the labels it was asked for, ``rp1@0a1b2c3d``, or without) and
     ``X-Delegation-Depth``."""
     chain = [c.strip() for c in delegated_from.split(",") if c.strip()] if delegated_from else []
-    for replica in chain:
-        if not _REPLICA_ID.fullmatch(replica):
-            raise ValidationError(f"X-Delegated-From holds {replica!r:.60}, which is not a replica id",
+    if len(chain) > MAX_CHAIN:
+        raise ValidationError(f"X-Delegated-From holds {len(chain)} replicas; at most {MAX_CHAIN}",
+                              field="X-Delegated-From")
+    for entry in chain:
+        if not _HOP.fullmatch(entry):
+            raise ValidationError(f"X-Delegated-From holds {entry!r:.60}, which is not a replica id",
                                   field="X-Delegated-From")
     n = len(chain)
     if depth is not None and depth.strip():
@@ -123,9 +133,38 @@ def chain_from_headers(delegated_from: str | None, depth: str | None) -> tuple[l
         except ValueError:
             raise ValidationError(f"X-Delegation-Depth must be an integer, not {depth!r:.40}",
                                   field="X-Delegation-Depth") from None
-        if n < 0:
-            raise ValidationError("X-Delegation-Depth must not be negative", field="X-Delegation-Depth")
+        if not 0 <= n <= MAX_DEPTH_HEADER:
+            raise ValidationError(f"X-Delegation-Depth must be from 0 to {MAX_DEPTH_HEADER}, not {depth.strip():.40}",
+                                  field="X-Delegation-Depth")
     return chain, max(n, len(chain))
+
+
+def want_tag(want: Mapping[str, Any]) -> str:
+    """A short, stable tag of the labels ``want`` (the same in every process)."""
+    text = json.dumps(sorted((str(k), str(v)) for k, v in want.items()), separators=(",", ":"))
+    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
+
+
+def hop(replica_id: str, want: Mapping[str, Any]) -> str:
+    """The chain entry of ``replica_id`` passing on a request it was asked ``want`` for."""
+    return f"{replica_id}@{want_tag(want)}"
+
+
+def excluded(chain: Sequence[str], want: Mapping[str, Any]) -> set[str]:
+    """Replicas that must not be asked ``want`` for this request: each that was already
+    asked for it on the way here (a loop), and each the chain names without a tag."""
+    tag = want_tag(want)
+    out = set()
+    for entry in chain:
+        replica, _, entry_tag = entry.partition("@")
+        if not entry_tag or entry_tag == tag:
+            out.add(replica)
+    return out
+
+
+def replicas_of(chain: Sequence[str]) -> list[str]:
+    """The replica ids of a chain's hops, oldest first."""
+    return [entry.partition("@")[0] for entry in chain]
 
 
 def check_replica_id(replica_id: str) -> str:
@@ -136,13 +175,17 @@ def check_replica_id(replica_id: str) -> str:
 
 # -- the records of a replica ------------------------------------------------------------------
 def record_capabilities(replica_id: str, endpoint: str, labels: Sequence[Mapping[str, Any]],
-                        streams: Sequence[bool] | None = None) -> dict[str, Any]:
+                        streams: Sequence[bool] | None = None,
+                        models: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
     """The ``capabilities`` of a replica's discovery records: its id, its OIP gRPC
-    endpoint, its handlers' label sets and which of them stream (``None``: unknown, as
-    for a replica registered by hand, which may serve either)."""
+    endpoint, its handlers' label sets, which of them stream (``None``: unknown, as
+    for a replica registered by hand, which may serve either) and the model metadata
+    each declared (``ModelSpec.to_record()``, or ``None``)."""
     caps: dict[str, Any] = {"replica_id": replica_id, "endpoint": endpoint, "capabilities": [dict(x) for x in labels]}
     if streams is not None:
         caps["streams"] = list(streams)
+    if models is not None and any(m is not None for m in models):
+        caps["models"] = [None if m is None else dict(m) for m in models]
     return caps
 
 
@@ -156,6 +199,8 @@ class ReplicaView(msgspec.Struct, frozen=True):
     #: normalized labels, for matching
     keys: tuple[Labels, ...]
     streams: tuple[bool | None, ...]
+    #: each handler's declared model metadata (``ModelSpec.to_record()``), or ``None``
+    models: tuple[Mapping[str, Any] | None, ...] = ()
 
     @classmethod
     def of(cls, instance_id: int, caps: Mapping[str, Any]) -> ReplicaView | None:
@@ -168,8 +213,12 @@ class ReplicaView(msgspec.Struct, frozen=True):
         flags: tuple[bool | None, ...] = (tuple(bool(s) for s in streams)
                                           if isinstance(streams, list) and len(streams) == len(sets)
                                           else (None,) * len(sets))
+        models = caps.get("models")
+        declared: tuple[Mapping[str, Any] | None, ...] = (
+            tuple(m if isinstance(m, dict) else None for m in models)
+            if isinstance(models, list) and len(models) == len(sets) else (None,) * len(sets))
         return cls(instance_id, rid, str(caps.get("endpoint") or ""), sets,
-                   tuple(normalized(x) for x in sets), flags)
+                   tuple(normalized(x) for x in sets), flags, declared)
 
     def serves(self, want: Mapping[str, Any], stream: bool | None) -> bool:
         """True if one of its handlers offers ``want`` (and streams, or not, as asked;

@@ -17,6 +17,7 @@ import typer
 
 from ..config import Settings
 from ..errors import ConfigError, ServemeshError
+from . import PORT
 
 
 def load_app(target: str) -> Any:
@@ -61,7 +62,7 @@ def run_replica(app: Any, *, port: int, host: str, api_server: str | None, objec
 
 
 def serve(target: Annotated[str, typer.Argument(help="module:app or path/file.py:app")],
-          port: Annotated[int, typer.Option(help="the replica's OIP v2 gRPC port (0: a free one)")] = 8000,
+          port: Annotated[int, typer.Option(**PORT, help="the replica's OIP v2 gRPC port (0: a free one)")] = 8000,
           host: Annotated[str, typer.Option(help="address the gRPC port binds to")] = "127.0.0.1",
           api_server: Annotated[str | None, typer.Option(help="API server URL to register with (heartbeats)")]
           = None,
@@ -73,7 +74,7 @@ def serve(target: Annotated[str, typer.Argument(help="module:app or path/file.py
               help="the secret this replica id registers with (default SERVEMESH_CAPABILITY_TOKEN, else random)")]
           = None,
           log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
-          system_port: Annotated[int | None, typer.Option(help="serve /health /metrics on this port")] = None,
+          system_port: Annotated[int | None, typer.Option(**PORT, help="serve /health /metrics on this port")] = None,
           ) -> None:
     """Serve a capability app (AnyServe's `anyserve module:app`) as one replica."""
     try:
@@ -85,7 +86,7 @@ def serve(target: Annotated[str, typer.Argument(help="module:app or path/file.py
         raise typer.Exit(1) from None
 
 
-def api_server(port: Annotated[int, typer.Option(help="HTTP port")] = 8080,
+def api_server(port: Annotated[int, typer.Option(**PORT, help="HTTP port")] = 8080,
                host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
                log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None) -> None:
     """Run the capability API server (AnyServe-compatible /register, /registry, /infer/json, /infer/stream)."""
@@ -107,17 +108,24 @@ def api_server(port: Annotated[int, typer.Option(help="HTTP port")] = 8080,
         raise typer.Exit(1) from None
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
+
+
 def serve_app(app: Any, argv: list[str] | None = None) -> None:
     """``app.run()``: the flags of ``servemesh serve`` from ``argv`` (default: the command line)."""
     parser = argparse.ArgumentParser(description="Serve this capability app as one replica.")
-    parser.add_argument("--port", type=int, default=8000, help="OIP v2 gRPC port (0: a free one)")
+    parser.add_argument("--port", type=_port, default=8000, help="OIP v2 gRPC port (0: a free one)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-server", default=None)
     parser.add_argument("--object-store", default=None)
     parser.add_argument("--replica-id", default=None)
     parser.add_argument("--token", default=None)
     parser.add_argument("--log-level", default=None)
-    parser.add_argument("--system-port", type=int, default=None)
+    parser.add_argument("--system-port", type=_port, default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run_replica(app, port=args.port, host=args.host, api_server=args.api_server, object_store=args.object_store,

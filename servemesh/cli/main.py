@@ -12,6 +12,7 @@ import typer
 
 from ..config import Settings
 from ..errors import ServemeshError
+from . import PORT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="servemesh: serve AI pipelines across processes and machines.")
@@ -36,8 +37,8 @@ NatsOpt = Annotated[str | None, typer.Option(help="NATS URL (default: SERVEMESH_
 
 @app.command()
 def up(state_dir: StateDir = None,
-       etcd_port: Annotated[int | None, typer.Option(help="etcd client port [2379 if free]")] = None,
-       nats_port: Annotated[int | None, typer.Option(help="NATS port [4222 if free]")] = None) -> None:
+       etcd_port: Annotated[int | None, typer.Option(**PORT, help="etcd client port [2379 if free]")] = None,
+       nats_port: Annotated[int | None, typer.Option(**PORT, help="NATS port [4222 if free]")] = None) -> None:
     """Start a local etcd and nats-server (JetStream) for multi-process work on this machine."""
     from ..stack import start_stack
 
@@ -178,7 +179,7 @@ async def _call(settings: Settings, path: str, request: Any, timeout: float, wai
 @app.command()
 def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, module or module:Class")],
         log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error")] = None,
-        system_port: Annotated[int | None, typer.Option(
+        system_port: Annotated[int | None, typer.Option(**PORT,
             help="serve /health /live /ready /metrics on this port (0: a free one; default: SERVEMESH_SYSTEM_PORT)")]
         = None,
         api_key: Annotated[str | None, typer.Option(
@@ -204,9 +205,11 @@ def run(target: Annotated[str, typer.Argument(help="file.py, file.py:Class, modu
 
 def _capability_commands() -> None:
     from .capability import api_server, serve
+    from .gateway import gateway
 
     app.command("serve")(serve)
     app.command("api-server")(api_server)
+    app.command("gateway")(gateway)
 
 
 def _sessions_commands() -> None:
@@ -217,6 +220,18 @@ def _sessions_commands() -> None:
 
 _capability_commands()
 _sessions_commands()
+
+
+def _function_commands() -> None:
+    from .functions import build, new_app, serve_function, validate
+
+    app.command("validate")(validate)
+    app.command("serve-function")(serve_function)
+    app.command("build")(build)
+    app.add_typer(new_app, name="new")
+
+
+_function_commands()
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import NoInstancesError, ServemeshError
 from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams
 from ..runtime import Client, Context, DistributedRuntime, ResponseStream
-from .kit import DONE, ApiError, GatewayKit, event, event_stream
+from .kit import DONE, ApiError, GatewayKit, GatewayMetrics, event, event_stream
 from .openai_models import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
 log = logging.getLogger("servemesh.gateway.openai")
@@ -54,14 +54,14 @@ class OpenAIFrontend:
     """``await OpenAIFrontend(runtime).start()`` then serve ``.app`` (see ``servemesh.http``)."""
 
     def __init__(self, runtime: DistributedRuntime, *, namespace: str = "inference", max_inflight: int = 256,
-                 request_timeout: float | None = None) -> None:
+                 request_timeout: float | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.runtime = runtime
         self.path = f"{namespace}.processor.process"
         #: seconds a request may take, streams included (default: SERVEMESH_REQUEST_TIMEOUT)
         self.request_timeout = request_timeout or runtime.settings.request_timeout
         self.kit = GatewayKit(runtime, "openai", shape=openai_error, error_model=ErrorResponse,
                               max_inflight=max_inflight, ready=lambda: bool(self.models()),
-                              info=lambda: {"models": self.models()})
+                              info=lambda: {"models": self.models()}, metrics=metrics)
         self._ttft = Histogram("servemesh_http_time_to_first_token_seconds", "Time to the first token",
                                ["model"], registry=self.kit.registry)
         self._processors: Client | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from ..errors import ConfigError
 from .limits import HttpLimits
 from .protocol import ConnectionGuard, GuardedH11Protocol
 from .shape import Shape, plain_shape
@@ -52,7 +53,11 @@ class HttpServer:
         self.guard = ConnectionGuard(self.limits, shape)
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         backlog = max(2048, self.limits.max_connections)
         # listening from here on: a client that connects before uvicorn accepts waits in the backlog
         self.sock.listen(backlog)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 log = logging.getLogger("servemesh.runtime")
@@ -77,3 +78,17 @@ async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
     cancellation that arrives as the inner call completes."""
     async with asyncio.timeout(seconds):
         return await awaitable
+
+
+@contextlib.contextmanager
+def own_error() -> Iterator[None]:
+    """Around a ``TaskGroup``: when one task failed, raise its own error (a
+    ``ConfigError`` the command line can print), not a group of one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        if isinstance(group, BaseExceptionGroup):
+            raise
+        raise group from None

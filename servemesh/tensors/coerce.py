@@ -11,6 +11,8 @@ from .types import InferResponse
 
 __all__ = ["response_from_any"]
 
+_RESPONSE_KEYS = frozenset(("model_name", "model_version", "id", "parameters", "outputs"))
+
 
 def response_from_any(item: Any) -> InferResponse:
     """An ``InferResponse`` from what a handler returned or streamed:
@@ -31,6 +33,12 @@ def response_from_any(item: Any) -> InferResponse:
             raise RemoteError("InferError", str(item["error_message"]))
         if "infer_response" in item:
             return response_from_any(item["infer_response"])
+        unknown = sorted(str(k) for k in item if k not in _RESPONSE_KEYS)
+        if unknown or "outputs" not in item:
+            what = f"has keys {', '.join(map(repr, unknown))}" if unknown else "has no \"outputs\""
+            raise SerializationError(f"a handler returned a dict that is not a response: it {what} (a contents JSON "
+                                     "response has \"outputs\", and may have \"model_name\", \"model_version\", "
+                                     "\"id\", \"parameters\")")
         return decode_contents_response(item)
     name = getattr(getattr(item, "DESCRIPTOR", None), "full_name", None)
     if name in ("inference.ModelInferResponse", "inference.ModelStreamInferResponse"):

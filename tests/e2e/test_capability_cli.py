@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,10 +22,11 @@ import pytest
 
 from servemesh.testing import free_port, wait_http_ok, wait_until
 
+from .conftest import FAST
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "capability"
 APP = Path(__file__).resolve().parent / "capability_app.py"
-FAST = {"SERVEMESH_CAPABILITY_TTL": "2", "SERVEMESH_CAPABILITY_HEARTBEAT": "0.3", "SERVEMESH_INSTANCE_WAIT": "0.5"}
 
 
 def text_input(name: str, text: str) -> dict:
@@ -34,32 +35,6 @@ def text_input(name: str, text: str) -> dict:
 
 def output(body: dict, name: str) -> str:
     return next(o for o in body["outputs"] if o["name"] == name)["contents"]["bytes_contents"][0]
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `python -m servemesh.cli.main ...` or a script; all stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None, script: Path | None = None) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"proc-{len(started)}.log", "wb")
-        cmd = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "servemesh.cli.main", *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", **FAST, **(env or {})))
-        proc.log_path = tmp_path / f"proc-{len(started)}.log"  # type: ignore[attr-defined]
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def api_server(procs: Callable[..., subprocess.Popen[bytes]], env: dict[str, str] | None = None) -> str:
@@ -275,3 +250,31 @@ async def grpc_calls(port: int, worker: subprocess.Popen[bytes]) -> None:
                                         metadata=[("x-capability-type", "nothing")])
         errors = [m.error_message async for m in failing]
         assert len(errors) == 1 and "nothing" in errors[0]
+
+
+def test_start_up_mistakes_are_one_line_errors_not_tracebacks_or_endless_retries(procs):
+    """A port out of range, a port in use, a token too short, an API server that refuses
+    the registration: each stops the command at once with one line that says what."""
+    url = api_server(procs)
+    taken = url.rsplit(":", 1)[1]
+
+    def run(*args: str, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "servemesh.cli.main", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, **FAST))
+
+    for args in (["serve", f"{APP}:app", "--port", "70000"], ["serve", f"{APP}:app", "--port", "-5"],
+                 ["api-server", "--port", "70000"]):
+        out = run(*args)
+        assert out.returncode == 2 and "--port" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert run("--port", "70000", script=APP).returncode == 2  # app.run()'s flags
+
+    in_use = run("api-server", "--port", taken)
+    assert in_use.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in in_use.stderr, in_use.stderr
+    assert "Traceback" not in in_use.stderr
+
+    short = run("--port", "0", "--api-server", url, "--token", "abc", script=APP)
+    assert short.returncode == 1 and "8 to 256 characters" in short.stderr, short.stderr
+
+    refused = run("--port", "0", "--api-server", url + "/nowhere", script=APP)
+    assert refused.returncode == 1 and "(404)" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from servemesh.apps.capability import api_server_runtime, replica_runtime, serve_replica, start_api_server
+from servemesh.apps.gateway import Gateway, Surfaces, gateway_runtime, start_gateway
 from servemesh.capability import App
 from servemesh.capability.replica import Replica
 from servemesh.config import Settings
@@ -33,6 +34,18 @@ async def api_server(**overrides: Any) -> AsyncIterator[tuple[CapabilityApiServe
         finally:
             await http.stop()
             await api.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway(surfaces: Surfaces = Surfaces(), **overrides: Any) -> AsyncIterator[Gateway]:
+    """``servemesh gateway`` in this process: HTTP (capability API, /v2) and OIP gRPC on free ports."""
+    runtime, store = gateway_runtime(settings(**overrides))
+    async with runtime:
+        started = await start_gateway(runtime, store, http_port=0, grpc_port=0, surfaces=surfaces)
+        try:
+            yield started
+        finally:
+            await started.close()
 
 
 @contextlib.asynccontextmanager

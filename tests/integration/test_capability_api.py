@@ -357,3 +357,180 @@ async def test_errors_of_a_delegate_come_back_to_the_original_caller():
         frames = sse((await http.post("/infer/stream", headers={"X-Capability-Type": "front-stream"}, json=TEXT)).text)
         assert [text_of(d) for _, d in frames] == ["you said Hello"]
         assert text_of(frames[0][1], "replica") == "rm"
+
+
+async def test_a_handler_s_own_mistakes_are_500s_never_the_caller_s_400s():
+    """What a handler gets wrong (no answer, a dict that is no response, a bad output
+    tensor, an object the store refuses) is a 500 with its type and message: the request
+    was fine. A bad ref the caller sent, and a delegate's own 400, stay 400s."""
+    app = App()
+
+    @app.capability(type="none")
+    def none(request, context):
+        return None
+
+    @app.capability(type="dict")
+    def not_a_response(request, context):
+        return {"foo": "bar"}
+
+    @app.capability(type="bad-output")
+    async def bad_output(request, context):
+        response = ModelInferResponse(model_name="m")
+        response.add_output(name="o", datatype="FP32", shape=[5], fp32_contents=[1.0])
+        return response
+
+    @app.capability(type="bad-stream", stream=True)
+    def bad_stream(request, context, stream):
+        stream.send(reply(request, "first"))
+        stream.send({"outputs": [{"name": "o", "datatype": "INT8", "shape": [1], "contents": {"int_contents": [999]}}]})
+
+    @app.capability(type="echo-id")
+    def echo_id(request, context):
+        response = ModelInferResponse()
+        response.add_output(name="response", datatype="BYTES", shape=[1], bytes_contents=[b"ok"])
+        return response
+
+    async with api_server() as (_, url), replica(app, "rh", url), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async def infer(kind: str, body: dict = TEXT) -> httpx.Response:
+            return await http.post("/infer/json", headers={"X-Capability-Type": kind}, json=body)
+
+        for kind, error_type, words in (("none", "SerializationError", "returned None"),
+                                         ("dict", "SerializationError", "'foo'"),
+                                         ("bad-output", "ValidationError", "'o'")):
+            answer = await infer(kind)
+            assert answer.status_code == 500, (kind, answer.text)
+            assert answer.json()["error_type"] == error_type and words in answer.json()["error"], answer.text
+            assert "param" not in answer.json()
+
+        stream = await http.post("/infer/stream", headers={"X-Capability-Type": "bad-stream"}, json=TEXT)
+        frames = sse(stream.text)
+        assert [name for name, _ in frames] == ["message", "error"]
+        assert frames[1][1]["status"] == 500 and "999" in frames[1][1]["error"]
+
+        echoed = await infer("echo-id", {**TEXT, "id": "req-42", "model_name": "m1"})
+        assert echoed.status_code == 200 and echoed.json()["id"] == "req-42" and echoed.json()["model_name"] == "m1"
+
+
+async def test_object_mistakes_of_a_handler_are_500s_and_a_bad_ref_from_the_caller_a_400(tmp_path):
+    app = App()
+
+    @app.capability(type="set-object")
+    def set_object(request, context):
+        context.objects.create({1, 2})  # a set: JSON cannot hold it, and pickle is off
+        return None
+
+    @app.capability(type="read-ref")
+    def read_ref(request, context):
+        return reply(request, str(context.objects.get(request.inputs[0].bytes_contents[0].decode())))
+
+    async with api_server() as (_, url), replica(app, "ro", url, object_store=str(tmp_path / "objects")), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        stored = await http.post("/infer/json", headers={"X-Capability-Type": "set-object"}, json=TEXT)
+        assert stored.status_code == 500 and stored.json()["error_type"] == "ObjectRefused", stored.text
+        bad_ref = {"inputs": [{"name": "ref", "datatype": "BYTES", "shape": [1],
+                               "contents": {"bytes_contents": ["../../etc/passwd"]}}]}
+        refused = await http.post("/infer/json", headers={"X-Capability-Type": "read-ref"}, json=bad_ref)
+        assert refused.status_code == 400, refused.text
+
+
+async def test_a_pipeline_may_come_back_to_a_replica_for_other_labels_but_a_loop_through_an_alias_is_refused():
+    def ask(text: str) -> dict:
+        return {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "contents": {"bytes_contents": [text]}}]}
+
+    one = App()  # summarize -> embed on the same replica, then b -> a2 across replicas
+
+    @one.capability(type="summarize")
+    def summarize(request, context):
+        return context.delegate(capability={"type": "embed"})
+
+    @one.capability(type="embed")
+    def embed(request, context):
+        return reply(request, "embedded", chain=",".join(context.chain))
+
+    @one.capability(type="a1")
+    def a1(request, context):
+        return context.delegate(capability={"type": "b"})
+
+    @one.capability(type="a2")
+    def a2(request, context):
+        return reply(request, "a2 answered", chain=",".join(context.chain))
+
+    other = App()
+
+    @other.capability(type="b")
+    def b(request, context):
+        return context.delegate(capability={"type": "a2"})
+
+    async with api_server() as (api, url), replica(one, "r1", url) as (_, endpoint), replica(other, "r2", url), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        await until(lambda: len(api.router.replicas()) == 2)
+        same = await http.post("/infer/json", headers={"X-Capability-Type": "summarize"}, json=ask("x"))
+        assert same.status_code == 200 and text_of(same.json()) == "embedded", same.text
+        assert text_of(same.json(), "chain") == "r1"
+        back = await http.post("/infer/json", headers={"X-Capability-Type": "a1"}, json=ask("x"))
+        assert back.status_code == 200 and text_of(back.json()) == "a2 answered", back.text
+        assert text_of(back.json(), "chain") == "r1,r2"
+
+        # an alias registration of r1's gRPC port for labels r1 lacks: r1 passes the request
+        # on, it comes back to r1 through the alias, and r1 refuses it there (not 4 times)
+        alias = await http.post("/register", json={"replica_id": "alias", "endpoint": endpoint,
+                                                   "capabilities": [{"type": "nowhere"}]})
+        assert alias.status_code == 200, alias.text
+        await until(lambda: len(api.router.replicas()) == 3)
+        loop = await http.post("/infer/json", headers={"X-Capability-Type": "nowhere"}, json=ask("x"))
+        assert loop.status_code == 508, loop.text
+        assert loop.json()["reason"] == "loop" and loop.json()["chain"] == ["r1", "r1"], loop.text
+
+
+async def test_a_handler_s_exception_is_logged_with_its_traceback_and_an_oversized_answer_says_why(caplog, tmp_path):
+    app = App()
+
+    @app.capability(type="boom")
+    def boom(request, context):
+        raise KeyError("no such key")
+
+    @app.capability(type="big")
+    def big(request, context):
+        response = ModelInferResponse()
+        response.add_output(name="blob", datatype="BYTES", shape=[1], bytes_contents=[b"x" * 200_000])
+        return response
+
+    @app.capability(type="objects-on-loop")
+    async def on_loop(request, context):
+        context.objects.create({"a": 1})  # the blocking form, on the event loop
+        return None
+
+    async with api_server() as (_, url), \
+            replica(app, "rl", url, max_payload=100_000, object_store=str(tmp_path / "objects")), \
+            httpx.AsyncClient(base_url=url, timeout=10) as http:
+        with caplog.at_level("WARNING", logger="servemesh.capability"):
+            failed = await http.post("/infer/json", headers={"X-Capability-Type": "boom"}, json=TEXT)
+        assert failed.status_code == 500 and failed.json()["error"] == "KeyError: 'no such key'"
+        logged = [rec for rec in caplog.records if rec.name == "servemesh.capability" and rec.exc_info]
+        assert logged and "KeyError" in logged[0].getMessage()
+
+        too_big = await http.post("/infer/json", headers={"X-Capability-Type": "big"}, json=TEXT)
+        assert too_big.status_code == 500 and "exceeds the limit" in too_big.json()["error"], too_big.text
+        misused = await http.post("/infer/json", headers={"X-Capability-Type": "objects-on-loop"}, json=TEXT)
+        assert misused.status_code == 500 and "acreate" in misused.json()["error"], misused.text
+
+
+async def test_registrations_are_checked_and_a_newer_replica_s_extra_fields_are_ignored():
+    async with api_server() as (_, url), httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for body, param in (({"replica_id": "x", "endpoint": "h:1", "capabilities": [{}]}, "capabilities"),
+                            ({"replica_id": "x", "endpoint": "http://evil.example:80/../", "capabilities": [{"a": 1}]},
+                             "endpoint")):
+            refused = await http.post("/register", json=body)
+            assert refused.status_code == 400 and refused.json()["param"].startswith(param), refused.text
+        newer = {"replica_id": "newer", "endpoint": "127.0.0.1:9", "capabilities": [{"type": "x"}],
+                 "from_the_future": 1,
+                 "servemesh": {"namespace": "capability", "instance_id": 7, "transport": {"tcp": "127.0.0.1:9"},
+                               "a_field_added_later": [1, 2]}}
+        assert (await http.post("/register", json=newer)).status_code == 200
+
+        for i in range(80):  # many label sets: a 404 lists a bounded number of them
+            await http.post("/register", json={"replica_id": f"r{i}", "endpoint": "127.0.0.1:9",
+                                               "capabilities": [{"type": f"t{i}"}]})
+        missing = await http.post("/infer/json", headers={"X-Capability-Type": "nope"}, json=TEXT)
+        assert missing.status_code == 404 and len(missing.json()["available"]) == 50

@@ -39,11 +39,19 @@ def imported_modules(path: Path) -> set[str]:
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
     ("sessions", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm", "servemesh.capability")),
     ("gateway", ("servemesh.apps",)),
+    ("functions", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm", "servemesh.capability")),
 ])
 def test_no_upward_imports(package, forbidden):
     for path in sorted((PACKAGE / package).rglob("*.py")):
-        bad = {m for m in imported_modules(path) if m.startswith(forbidden)}
+        allowed = ALLOWED.get(path.relative_to(PACKAGE).as_posix(), set())
+        bad = {m for m in imported_modules(path) if m.startswith(forbidden)} - allowed
         assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+#: the exceptions, each for a reason: a ``Function`` is an ASGI app (``uvicorn main:func``, the
+#: seed's command), so ``Function.__call__`` imports its HTTP surface (lazily, on the first call)
+ALLOWED = {"functions/function.py": {"servemesh.gateway.functions.asgi",
+                                     "servemesh.gateway.functions.asgi.FunctionAsgi"}}
 
 
 def test_nothing_but_the_cli_imports_apps():

@@ -82,6 +82,23 @@ def test_delegation_headers():
     assert bad.value.field == "X-Delegated-From"
     with pytest.raises(ValidationError):
         wire.chain_from_headers("a", "many")
+    for depth in ("99999999999999999999999", "-5"):
+        with pytest.raises(ValidationError) as huge:
+            wire.chain_from_headers(None, depth)
+        assert huge.value.field == "X-Delegation-Depth"
+    with pytest.raises(ValidationError, match="at most 64"):
+        wire.chain_from_headers(",".join(f"r{i}" for i in range(65)), None)
+    hop = wire.hop("r1", {"type": "chat"})
+    assert wire.chain_from_headers(f"{hop},r2", None) == ([hop, "r2"], 2)
+    assert hop == wire.hop("r1", {"type": "chat"}) != wire.hop("r1", {"type": "embed"})
+
+
+def test_a_replica_is_excluded_only_for_the_labels_it_was_asked_for():
+    chain = [wire.hop("r1", {"type": "a"}), wire.hop("r2", {"type": "b"}), "r3"]
+    assert wire.excluded(chain, {"type": "a"}) == {"r1", "r3"}  # r3: named without labels
+    assert wire.excluded(chain, {"type": "b"}) == {"r2", "r3"}
+    assert wire.excluded(chain, {"type": "c"}) == {"r3"}
+    assert wire.replicas_of(chain) == ["r1", "r2", "r3"]
 
 
 def test_infer_call_travels_as_msgpack():

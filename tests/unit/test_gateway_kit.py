@@ -353,3 +353,56 @@ async def test_raw_routes_run_under_the_kits_middleware():
             metrics = (await http.get("/metrics")).text
             assert 'servemesh_http_requests_total{route="/fast",status="200"} 1.0' in metrics
             assert 'servemesh_http_requests_total{route="/fast",status="503"} 1.0' in metrics
+
+
+async def test_work_stops_when_the_client_leaves_and_a_fast_answer_needs_no_listener():
+    from servemesh.errors import Cancelled
+    from servemesh.gateway.kit.disconnect import unless_disconnected
+
+    left = asyncio.Event()
+    listening = asyncio.Event()
+
+    async def receive() -> dict:
+        listening.set()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    assert await unless_disconnected(receive, asyncio.sleep(0, "fast")) == "fast"
+    assert not listening.is_set()  # answered before LISTEN_AFTER: no listener ran
+
+    stopped = asyncio.Event()
+
+    async def slow() -> str:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return "never"
+
+    async def leave_later() -> None:
+        await listening.wait()
+        left.set()
+
+    leaving = asyncio.ensure_future(leave_later())
+    with pytest.raises(Cancelled):
+        await unless_disconnected(receive, slow())
+    await leaving
+    assert stopped.is_set() and asyncio.current_task().cancelling() == 0
+
+
+async def test_work_that_answers_despite_the_disconnect_leaves_the_task_uncancelled():
+    from servemesh.gateway.kit.disconnect import unless_disconnected
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "answered anyway"
+        return "never"
+
+    assert await unless_disconnected(receive, stubborn()) == "answered anyway"
+    assert asyncio.current_task().cancelling() == 0
+    await asyncio.sleep(0)  # the task can still await: no cancellation is pending

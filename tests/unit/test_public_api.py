@@ -39,3 +39,20 @@ def test_import_has_no_side_effects():
             "assert not logging.getLogger().handlers; "
             "import threading; assert threading.active_count() == 1")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_functions_api_is_small_and_explicit():
+    import servemesh.functions
+    import servemesh.functions.build
+
+    assert sorted(servemesh.functions.__all__) == sorted([
+        "CSV", "PDF", "Audio", "Empty", "Function", "FunctionContext", "Image", "Media", "Video", "load_function",
+        "validate",
+    ])
+    assert sorted(servemesh.functions.build.__all__) == sorted([
+        "BuildOptions", "Credentials", "Image", "PushReport", "Reference", "RegistryClient", "build",
+        "image_reference", "push",
+    ])
+    for module in (servemesh.functions, servemesh.functions.build):
+        for name in module.__all__:
+            assert hasattr(module, name)

@@ -32,7 +32,7 @@ from ...errors import ServemeshError, ValidationError
 from ...runtime import DistributedRuntime
 from ...runtime.discovery.memory import MemoryStore
 from ...runtime.tasks import TaskSet
-from ..kit import ApiError, GatewayKit, event_stream
+from ..kit import ApiError, GatewayKit, GatewayMetrics, event_stream
 from ..kit.disconnect import unless_disconnected
 from ..kit.raw import header, send_bytes
 from .models import (
@@ -54,33 +54,40 @@ class CapabilityApiServer:
     (``kit.http_server(host, port)``). ``store`` is the ``MemoryStore`` of the runtime's
     discovery where HTTP registrations become instance records."""
 
-    def __init__(self, runtime: DistributedRuntime, store: MemoryStore, *, max_inflight: int | None = None) -> None:
+    def __init__(self, runtime: DistributedRuntime, store: MemoryStore, *, max_inflight: int | None = None,
+                 router: CapabilityRouter | None = None, metrics: GatewayMetrics | None = None,
+                 infer: bool = True) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.namespace = settings.capability_namespace
         self.registry = Registry(store, self.namespace, settings.capability_ttl)
-        self.router = CapabilityRouter(runtime, self.namespace)
+        #: a router given is shared with other surfaces, and started and closed by its owner
+        self._own_router = router is None
+        self.router = router or CapabilityRouter(runtime, self.namespace)
         self.request_timeout = settings.request_timeout
         self.kit = GatewayKit(runtime, "capability", shape=capability_error, error_model=ErrorBody,
                               max_inflight=max_inflight or settings.capability_max_inflight,
                               handler_errors=True, healthy="healthy",
                               ready=lambda: bool(self.router.replicas()),
-                              info=lambda: {"replicas": len(self.listing())})
+                              info=lambda: {"replicas": len(self.listing())}, metrics=metrics)
         self.tasks = TaskSet("capability api server")
         self._first_seen: dict[str, float] = {}
+        # without ``infer``: only the registry (replicas register here for another surface, e.g. KServe)
         self.kit.install(self._build(), raw_routes={("POST", "/infer/json"): self.infer_json,
-                                                    ("POST", "/infer/stream"): self.infer_stream})
+                                                    ("POST", "/infer/stream"): self.infer_stream} if infer else None)
         #: the ASGI app to serve (``kit.http_server``, or any ASGI server)
         self.app = self.kit.asgi
 
     async def start(self) -> CapabilityApiServer:
-        await self.router.start()
+        if self._own_router:
+            await self.router.start()
         self.tasks.spawn(self._sweep(), name="capability-registry-ttl")
         return self
 
     async def close(self) -> None:
         await self.tasks.close()
-        await self.router.close()
+        if self._own_router:
+            await self.router.close()
         self.registry.close()
 
     async def _sweep(self) -> None:
@@ -129,7 +136,7 @@ class CapabilityApiServer:
         async def register(body: RegisterRequest) -> dict[str, Any]:
             info = body.servemesh
             runtime = None if info is None else RuntimeInfo(info.namespace, info.instance_id, dict(info.transport),
-                                                            info.streams)
+                                                            info.streams, info.models)
             entry, created = self.registry.register(body.replica_id, body.endpoint, body.capabilities,
                                                     token=body.token, runtime=runtime)
             if created:
@@ -171,7 +178,7 @@ class CapabilityApiServer:
         # no timeout here: the replica enforces SERVEMESH_REQUEST_TIMEOUT on every call it
         # serves, and the plane's liveness checks catch a replica that stopped answering
         ctx = self.kit.scope_context(scope)
-        data = await unless_disconnected(receive, self.router.unary(call, ctx, call.chain))
+        data = await unless_disconnected(receive, self.router.unary(call, ctx, wire.excluded(call.chain, call.want)))
         await send_bytes(send, 200, data)
 
     async def infer_stream(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
@@ -179,7 +186,8 @@ class CapabilityApiServer:
         after it, an ``event: error`` frame."""
         call, subject = self._call(scope, body)
         ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
-        first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, call.chain))
+        exclude = wire.excluded(call.chain, call.want)
+        first, rest = await unless_disconnected(receive, self.router.stream(call, ctx, exclude))
         await event_stream(self._sse(first, rest, subject))(scope, receive, send)
 
     async def _sse(self, first: bytes | None, rest: AsyncIterator[list[bytes]], subject: str) -> AsyncIterator[bytes]:

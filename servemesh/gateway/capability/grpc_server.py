@@ -25,31 +25,11 @@ from ...runtime import Context as RuntimeContext
 from ...tensors import from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
-from ..kit.errors import Problem, describe
+from ..kit.grpc import GRPC_CODES, problem_of
 
 log = logging.getLogger("servemesh.gateway.capability.grpc")
 
-#: HTTP status (from the kit's table) -> gRPC status code
-GRPC_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-    508: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def problem_of(exc: BaseException, debug: bool = False) -> tuple[grpc.StatusCode, Problem]:
-    problem = describe(exc, debug=debug, handler_errors=True)
-    return GRPC_CODES.get(problem.status, grpc.StatusCode.UNKNOWN), problem
-
+__all__ = ["GRPC_CODES", "ReplicaGrpcServer", "call_from_metadata", "problem_of"]
 
 def call_from_metadata(metadata: Any) -> tuple[dict[str, str], list[str], int]:
     """The labels asked for and the delegation chain, from a call's metadata."""

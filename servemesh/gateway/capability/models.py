@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,22 +11,27 @@ Label = Scalar | list[Scalar]
 
 
 class ServemeshInfo(BaseModel):
-    """What a servemesh replica adds to its registration: how to reach it on the request plane."""
+    """What a servemesh replica adds to its registration: how to reach it on the request plane.
+    Fields a newer replica adds are ignored (a rolling upgrade registers with an older
+    API server)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     namespace: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     instance_id: int = Field(ge=1, lt=2**64)
     transport: dict[str, str] = Field(max_length=8)
     streams: list[bool] | None = Field(default=None, max_length=256)
+    #: each capability's declared model metadata (inputs, outputs, platform, versions), or null
+    models: list[dict[str, Any] | None] | None = Field(default=None, max_length=256)
 
 
 class RegisterRequest(BaseModel):
     """``POST /register``: a replica, where it answers OIP v2 gRPC, and its capabilities."""
 
     replica_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
-    endpoint: str = Field(min_length=1, max_length=256)
-    capabilities: list[dict[str, Label]] = Field(min_length=1, max_length=256)
+    #: host:port of its OIP v2 gRPC server (``[v6::addr]:port`` for IPv6)
+    endpoint: str = Field(min_length=3, max_length=256, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$")
+    capabilities: list[Annotated[dict[str, Label], Field(min_length=1)]] = Field(min_length=1, max_length=256)
     #: the secret that owns this replica id (re-registering it elsewhere, unregistering)
     token: str | None = Field(default=None, min_length=8, max_length=256)
     servemesh: ServemeshInfo | None = None

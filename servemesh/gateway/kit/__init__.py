@@ -4,10 +4,13 @@
   request ids, exception handlers; ``kit.install(app)``.
 - :func:`describe` / :func:`status_of`: the one mapping from errors to HTTP.
 - :func:`event`, :data:`DONE`, :func:`event_stream`: server-sent events.
+- :class:`PathMux`: several surfaces behind one server, by path prefix.
 """
 
 from .errors import ApiError, Problem, Shape, describe, status_of
 from .gateway import OPS_ROUTES, GatewayKit, plain_shape
+from .metrics import GatewayMetrics
+from .mux import PathMux
 from .sse import DONE, SSE_HEADERS, event, event_stream
 
 __all__ = [
@@ -16,6 +19,8 @@ __all__ = [
     "SSE_HEADERS",
     "ApiError",
     "GatewayKit",
+    "GatewayMetrics",
+    "PathMux",
     "Problem",
     "Shape",
     "describe",

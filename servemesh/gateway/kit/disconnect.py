@@ -58,11 +58,15 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 
     timer = asyncio.get_running_loop().call_later(LISTEN_AFTER, listen)
     try:
-        return await work
+        result = await work
     except asyncio.CancelledError:
         if gone and task.uncancel() == 0:
             raise Cancelled("the client disconnected before the answer was ready") from None
         raise
+    else:
+        if gone:  # the work swallowed the cancellation and answered: take the request back
+            task.uncancel()
+        return result
     finally:
         listening = False
         timer.cancel()

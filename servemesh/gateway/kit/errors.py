@@ -5,6 +5,7 @@
     describe(exc) -> Problem(status, message, type, code, param, retry_after, details)
 
     ApiError (a surface's own refusal)      its status
+    FunctionInputError                       422
     ValidationError, SerializationError      400
     ObjectNotFound, CapabilityNotFound,
     SessionNotFound                          404
@@ -50,6 +51,8 @@ from ...errors import (
     ConfigError,
     DeadlineExceeded,
     DelegationRefused,
+    FrameTooLarge,
+    FunctionInputError,
     InstanceUnavailable,
     NoInstancesError,
     ObjectNotFound,
@@ -110,6 +113,7 @@ class ApiError(Exception):
 
 # (class, status, type, code): the first match wins, so subclasses come first
 _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (FunctionInputError, 422, "invalid_request_error", "invalid_port"),
     (ValidationError, 400, "invalid_request_error", "invalid_value"),
     (ObjectNotFound, 404, "not_found_error", "object_not_found"),
     (CapabilityNotFound, 404, "not_found_error", "capability_not_found"),
@@ -129,6 +133,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (DeadlineExceeded, 504, "timeout", "deadline_exceeded"),
     (Cancelled, 499, "cancelled", "cancelled"),
     (RemoteError, 500, "internal_error", "remote_error"),
+    (FrameTooLarge, 500, "internal_error", "frame_too_large"),
     (ServemeshError, 500, "internal_error", "internal_error"),
 )
 
@@ -188,9 +193,9 @@ def _public(exc: BaseException, subject: str | None, handler_errors: bool = Fals
         return f"the request{about} did not finish within its deadline"
     if isinstance(exc, Cancelled):
         return "the request was cancelled"
-    if isinstance(exc, (ObjectNotFound, ObjectTooLarge, SessionNotFound, SessionConflict, WrongAction,
-                        ActionFailed)):
-        return str(exc)  # about the client's own ref or value: nothing internal
+    if isinstance(exc, (ObjectNotFound, ObjectTooLarge, FrameTooLarge, SessionNotFound, SessionConflict,
+                        WrongAction, ActionFailed)):
+        return str(exc)  # about the client's own ref, value or session, or an answer's size: nothing internal
     if isinstance(exc, ObjectStoreUnavailable):
         return "the object store is unavailable; retry later"
     if isinstance(exc, SerializationError):

@@ -70,13 +70,13 @@ class GatewayKit:
     (the kit's routes and the API docs excepted) get a 429 with ``Retry-After``.
     ``handler_errors`` shows handlers' exception types and messages in error bodies (for
     surfaces whose handlers are the user's own code); ``healthy`` is the ``status`` of a
-    healthy ``/health``."""
+    healthy ``/health``. Surfaces served together by one server pass one ``metrics``."""
 
     def __init__(self, runtime: DistributedRuntime, name: str, *, shape: Shape = plain_shape,
                  error_model: type[BaseModel] = PlainError, max_inflight: int = 256,
                  ready: Callable[[], bool] | None = None,
                  info: Callable[[], Mapping[str, Any]] | None = None, handler_errors: bool = False,
-                 healthy: str = "ok") -> None:
+                 healthy: str = "ok", metrics: GatewayMetrics | None = None) -> None:
         if max_inflight < 1:
             raise ConfigError(f"max_inflight of the {name} gateway must be at least 1, not {max_inflight}")
         settings = runtime.settings
@@ -97,8 +97,9 @@ class GatewayKit:
         self.healthy = healthy
         #: requests admitted and not finished (streams until their last byte)
         self.inflight = 0
-        self.metrics = GatewayMetrics()
-        self.metrics.inflight.set_function(lambda: self.inflight)  # read when scraped, not kept per request
+        #: shared by the surfaces one server serves together (``metrics=``), else this gateway's own
+        self.metrics = metrics or GatewayMetrics()
+        self.metrics.count_inflight(lambda: self.inflight)  # read when scraped, not kept per request
         self.exempt: frozenset[str] = frozenset(OPS_ROUTES)
         #: the app ``install`` assembled
         self.app: FastAPI | None = None

@@ -6,6 +6,7 @@ this registry followed by the runtime's per-endpoint metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +28,12 @@ class GatewayMetrics:
                                   "HTTP request duration, to the end of the response body", ["route"],
                                   buckets=BUCKETS, registry=self.registry)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._inflight: list[Callable[[], int]] = []
+        self.inflight.set_function(lambda: sum(source() for source in self._inflight))
+
+    def count_inflight(self, source: Callable[[], int]) -> None:
+        """Add ``source()`` to the in-flight gauge (gateways sharing these metrics each add theirs)."""
+        self._inflight.append(source)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)

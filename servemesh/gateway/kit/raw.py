@@ -14,13 +14,16 @@ then serves them in one layer that applies the same rules as the middleware:
   mapping, in the surface's shape.
 
 ``handler(scope, body, receive, send)`` gets the whole body; everything else goes to
-the FastAPI app as before. The routes are also added to the app (so ``GET`` gets its
-405 there, and the app alone still serves them, under the middleware).
+the FastAPI app as before. A path may hold ``{name}`` parameters (one path segment
+each: ``/v2/models/{name}/infer``); their values are in ``scope["path_params"]``. The
+routes are also added to the app (so ``GET`` gets its 405 there, and the app alone
+still serves them, under the middleware).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -57,18 +60,31 @@ class RawLane:
     def __init__(self, app: ASGIApp, kit: GatewayKit, routes: Mapping[tuple[str, str], RawHandler]) -> None:
         self.app = app
         self.kit = kit
-        self.routes = dict(routes)
+        self.routes = {key: h for key, h in routes.items() if "{" not in key[1]}
+        #: (method, compiled template, template, handler) of the routes with parameters
+        self.templates = [(method, _compile(path), path, h) for (method, path), h in routes.items() if "{" in path]
         self._route = {path: _RawRoute(path) for _, path in routes}
         self._open = open_paths(kit.metrics_public)
 
+    def _match(self, scope: Scope) -> tuple[RawHandler | None, str]:
+        method, path = scope["method"], scope["path"]
+        handler = self.routes.get((method, path))
+        if handler is not None:
+            return handler, path
+        for want, pattern, template, candidate in self.templates:
+            found = pattern.match(path) if want == method else None
+            if found is not None:
+                scope["path_params"] = found.groupdict()
+                return candidate, template
+        return None, path
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        handler, path = self._match(scope) if scope["type"] == "http" else (None, "")
         if handler is None:
             await self.app(scope, receive, send)
             return
         kit = self.kit
         started = time.perf_counter()
-        path = scope["path"]
         scope["route"] = self._route[path]
         scope["app"] = self.app
         rid = request_id_of(scope)
@@ -116,6 +132,13 @@ class RawLane:
             kit.inflight -= 1
             kit.metrics.observe(path, status, time.perf_counter() - started)
 
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    """``/v2/models/{name}/infer`` as a pattern: each parameter is one non-empty segment."""
+    parts = re.split(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+    return re.compile(pattern + "$")
 
 
 class Endpoint:
