@@ -5,7 +5,8 @@
     ServemeshError
     ├── ConfigError             settings or arguments that cannot work
     ├── ProtocolError           a malformed wire frame
-    │   └── FrameTooLarge       a frame over the size limit (size, limit)
+    │   ├── FrameTooLarge       a frame over the size limit (size, limit)
+    │   └── UpstreamProtocolError  a replica that does not speak its protocol (address, protocol, reason)
     ├── SerializationError      a value that cannot be put on the wire
     ├── DiscoveryError          the discovery backend failed or is unreachable
     ├── NoInstancesError        no live instance matches (endpoint, known)
@@ -98,6 +99,27 @@ class FrameTooLarge(ProtocolError):
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
         return cls(int(fields.get("size", 0)), int(fields.get("limit", 0)))
+
+
+class UpstreamProtocolError(ProtocolError):
+    """A replica's endpoint answers, but not in the protocol it was registered with (say, an
+    endpoint registered as OIP v2 gRPC that is a web server, or serves another gRPC
+    service). A gateway answers 502."""
+
+    kind = "upstream_protocol"
+
+    def __init__(self, address: str, protocol: str, reason: str) -> None:
+        self.address = address
+        self.protocol = protocol
+        self.reason = reason
+        super().__init__(f"the replica at {address} does not answer {protocol} ({reason})")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"address": self.address, "protocol": self.protocol, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("address", "")), str(fields.get("protocol", "")), str(fields.get("reason", "")))
 
 
 class SerializationError(ServemeshError, TypeError):
@@ -329,13 +351,15 @@ class RegistrationConflict(ServemeshError):
     """A replica id is registered from another endpoint, and the new registration does not
     carry its token. Raised by an API server; it never crosses the request plane."""
 
-    def __init__(self, replica_id: str, endpoint: str, registered: str) -> None:
+    def __init__(self, replica_id: str, endpoint: str, registered: str, why: str = "") -> None:
         self.replica_id = replica_id
         self.endpoint = endpoint
         self.registered = registered
+        why = why or (f"it is registered from {registered}, not {endpoint}" if endpoint != registered
+                      else "it was registered with a token, and this request does not carry that token")
         super().__init__(
-            f"replica {replica_id!r} is registered from {registered}, not {endpoint}: re-register it with the "
-            "token it registered with, unregister it first, or wait until its registration expires"
+            f"replica {replica_id!r} belongs to another registration ({why}): send the token it registered with, "
+            "unregister it first, or wait until its registration expires"
         )
 
 

@@ -22,14 +22,26 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 sm() { "$PYTHON" -m servemesh.cli.main "$@"; }
+alive() {  # every process started so far still runs (else: say which failed, and stop)
+    for pid in "${pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { echo "a demo process (pid $pid) exited: see its output above" >&2; exit 1; }
+    done
+}
+
+"$PYTHON" -c 'import servemesh' 2>/dev/null || {
+    echo "$PYTHON cannot import servemesh: run python3 dev.py main once, or set PYTHON=.venv/bin/python" >&2
+    exit 1
+}
 
 echo "API server on $API"
 sm api-server --port "$API_PORT" &
 pids+=($!)
 
-# readiness: the API server answers /health
-for _ in $(seq 100); do
-    curl -sf "$API/health" >/dev/null 2>&1 && break
+# readiness: the API server answers /health (30 s at most)
+deadline=$((SECONDS + 30))
+until curl -sf "$API/health" >/dev/null 2>&1; do
+    alive
+    [ "$SECONDS" -lt "$deadline" ] || { echo "the API server did not answer $API/health in 30 s" >&2; exit 1; }
     sleep 0.1
 done
 
@@ -40,12 +52,12 @@ for name in chat embed heavy stream; do
     pids+=($!)
 done
 
-# readiness: all four replicas are in the registry
-for _ in $(seq 300); do
-    total=$(curl -sf "$API/registry" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["total"])' \
-            2>/dev/null || echo 0)
-    [ "$total" = "4" ] && break
-    sleep 0.1
+# readiness: all four replicas are in the registry (60 s at most)
+deadline=$((SECONDS + 60))
+until [ "$(curl -sf "$API/registry" | grep -o '"replica_id"' | wc -l)" = "4" ]; do
+    alive
+    [ "$SECONDS" -lt "$deadline" ] || { echo "not all four replicas registered in 60 s" >&2; exit 1; }
+    sleep 0.2
 done
 curl -s "$API/registry" | "$PYTHON" -m json.tool
 

@@ -57,6 +57,4 @@ def echo_handler(request, context):
 
 
 if __name__ == "__main__":
-    print("capabilities:")
-    for capability in app.get_capabilities():
-        print(f"  - {capability}")
+    app.run()  # the flags of `servemesh serve`: --port, --api-server, --object-store, --replica-id

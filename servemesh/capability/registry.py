@@ -138,7 +138,8 @@ class Registry:
         if entry is None:
             return False
         if entry.token_hash is not None and not _same(entry.token_hash, token):
-            raise RegistrationConflict(replica_id, "(unregister without its token)", entry.endpoint)
+            raise RegistrationConflict(replica_id, entry.endpoint, entry.endpoint,
+                                       "it was registered with a token, and only that token unregisters it")
         self._drop(entry)
         return True
 

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from ..errors import ConfigError, ValidationError
 from ..runtime.records import capabilities_match
@@ -45,7 +44,6 @@ MAX_CHAIN = 64
 MAX_DEPTH_HEADER = 1 << 20
 _LABEL_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _encode_json = msgspec.json.Encoder().encode
-_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 Labels = dict[str, Any]
 
@@ -110,7 +108,14 @@ def want_from_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
             if not key or not _LABEL_KEY.fullmatch(key):
                 raise ValidationError(f"header {name.decode('latin-1')!r} names no capability label",
                                       field=name.decode("latin-1"))
-            want[key] = value.decode("latin-1").strip()
+            try:
+                text = value.decode("utf-8").strip()  # what clients send; HTTP's own Latin-1 otherwise
+            except UnicodeDecodeError:
+                text = value.decode("latin-1").strip()
+            if want.get(key, text) != text:
+                raise ValidationError(f"header {name.decode('latin-1')} is given twice, as {want[key]!r:.40} and "
+                                      f"{text!r:.40}: give each label once", field=name.decode("latin-1"))
+            want[key] = text
     return want
 
 
@@ -235,19 +240,10 @@ def decode_request(body: bytes) -> InferRequest:
 
 
 def encode_request(request: InferRequest) -> bytes:
-    return _dumps(encode_contents_request(request), request.inputs)
+    return _encode_json(encode_contents_request(request))
 
 
 def encode_response(response: InferResponse) -> bytes:
-    """The contents JSON of ``response``, as bytes. NaN and infinities are written as
-    ``json.dumps`` writes them (``NaN``), never turned into ``null``."""
-    return _dumps(encode_contents_response(response), response.outputs)
-
-
-def _dumps(payload: dict[str, Any], tensors: Sequence[Any]) -> bytes:
-    for tensor in tensors:
-        if tensor.datatype in _FLOATS and not np.isfinite(tensor.data).all():
-            return json.dumps(payload).encode()
-        if tensor.datatype == "BF16" and ((np.asarray(tensor.data) & 0x7F80) == 0x7F80).any():
-            return json.dumps(payload).encode()
-    return _encode_json(payload)
+    """The contents JSON of ``response``, as bytes (NaN and infinities as the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``: valid JSON, never ``null``)."""
+    return _encode_json(encode_contents_response(response))

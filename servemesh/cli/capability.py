@@ -59,6 +59,25 @@ def run_replica(app: Any, *, port: int, host: str, api_server: str | None, objec
                 api_server=api_server, object_store=object_store, token=token, store=store))
 
     run(main())
+    leave_stuck_handlers()
+
+
+def leave_stuck_handlers() -> None:
+    """After the drain: ``def`` handlers still running in their threads (stuck in a call
+    that never returns) would keep the process alive, since Python waits for them at
+    exit. Say so and exit without them."""
+    import logging
+    import threading
+
+    stuck = [t for t in threading.enumerate() if t.name.startswith("capability") and t.is_alive()]
+    if stuck:
+        logging.getLogger("servemesh.capability").warning(
+            "%d def handler(s) still running after the drain (SERVEMESH_DRAIN_TIMEOUT): exiting without them",
+            len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def serve(target: Annotated[str, typer.Argument(help="module:app or path/file.py:app")],

@@ -13,8 +13,10 @@ Each tensor carries its elements under ``contents``, by protobuf field name::
   does not know that key fails on its absence rather than misreading base64 as text.
 - FP16 and BF16 elements are numbers under ``fp32_contents`` (protobuf has no field
   for them); every value of both fits a float32 exactly.
-- NaN and infinities stay Python floats; ``json.dumps`` writes them as ``NaN`` /
-  ``Infinity``, which the decoders read and JavaScript's ``JSON.parse`` refuses.
+- NaN and infinities are written as the strings ``"NaN"``, ``"Infinity"`` and
+  ``"-Infinity"``, as protobuf's JSON mapping writes them: the body stays valid JSON for
+  every parser. The decoders read those strings in float tensors, and the bare ``NaN`` /
+  ``Infinity`` tokens Python's ``json`` module writes.
 - Decoding is as lenient as AnyServe's own examples: ``datatype`` may be left out when
   the one contents field present says it (``bytes_contents`` BYTES, ``int_contents``
   INT32, ``int64_contents`` INT64, ``uint_contents`` UINT32, ``uint64_contents``
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +55,11 @@ _DATATYPE_OF_FIELD = {"bool_contents": "BOOL", "int_contents": "INT32", "int64_c
                       "fp64_contents": "FP64", "bytes_contents": "BYTES", BASE64_FIELD: "BYTES"}
 
 Body = bytes | bytearray | memoryview | str | Mapping[str, Any]
+
+#: infinities as protobuf's JSON mapping writes them (and NaN as "NaN")
+_NONFINITE: dict[float, str] = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+_FROM_TEXT = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+_FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64", "BF16"))
 
 
 def encode_contents_request(request: InferRequest) -> dict[str, Any]:
@@ -107,7 +115,11 @@ def encode_tensor(tensor: InferTensor) -> dict[str, Any]:
     field = DATATYPES[tensor.datatype].contents_field
     values: list[Any]
     if isinstance(data, np.ndarray):
-        values = bfloat16_to_float32(data).tolist() if tensor.datatype == "BF16" else data.tolist()
+        if tensor.datatype == "BF16":
+            data = bfloat16_to_float32(data)
+        values = data.tolist()
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            values = [v if math.isfinite(v) else "NaN" if v != v else _NONFINITE[v] for v in values]
     else:
         try:
             values = [item.decode() for item in data]
@@ -154,10 +166,20 @@ def decode_tensor(obj: Mapping[str, Any], where: str) -> InferTensor:
                                   field=name)
     if field == BASE64_FIELD:
         values = _from_base64(values, name)
+    elif datatype in _FLOAT_TYPES and any(type(v) is str for v in values):
+        values = [_nonfinite(v, name) if type(v) is str else v for v in values]
     shape = obj.get("shape")
     if shape is None:
         shape = [len(values)]
     return InferTensor(name, datatype, shape, values, check_parameters(obj.get("parameters"), where + "parameters"))
+
+
+def _nonfinite(text: str, name: str) -> float:
+    value = _FROM_TEXT.get(text)
+    if value is None:
+        raise ValidationError(f"tensor {name!r} holds the string {text!r:.40}; a float is a number, or one of "
+                              '"NaN", "Infinity", "-Infinity"', field=name)
+    return value
 
 
 def _from_base64(values: list[Any], name: str) -> list[bytes]:

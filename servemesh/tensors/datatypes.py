@@ -113,6 +113,9 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
                           f"{', '.join(sorted(_BY_DTYPE.values()))} or to bytes first")
 
 
+_MAX_DIM = 2**63 - 1
+
+
 def tensor_shape(shape: object, name: str) -> list[int]:
     """``shape`` as a list of non-negative ints, or a ``ValidationError`` naming the tensor."""
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
@@ -122,6 +125,9 @@ def tensor_shape(shape: object, name: str) -> list[int]:
         if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
             raise ValidationError(f"tensor {name!r} has shape {shape!r}: dimension {dim!r} is not an int",
                                   field=name)
+        if dim > _MAX_DIM:
+            raise ValidationError(f"tensor {name!r} has shape {list(shape)!r}: dimension {dim} is larger than "
+                                  "an int64", field=name)
         if dim < 0:
             raise ValidationError(f"tensor {name!r} has shape {list(shape)!r} with a negative dimension; "
                                   "-1 (variable size) belongs in model metadata, never in a tensor",

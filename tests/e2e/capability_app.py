@@ -30,6 +30,13 @@ def slow(request, context, stream):
         time.sleep(0.05)
 
 
+@app.capability(type="stuck")
+def stuck(request, context):
+    """Never returns (a call that hangs): the replica must still stop after its drain."""
+    while True:
+        time.sleep(3600)
+
+
 @app.capability(type="make")
 def make(request, context):
     text = request.inputs[0].bytes_contents[0].decode()

@@ -272,9 +272,41 @@ def test_start_up_mistakes_are_one_line_errors_not_tracebacks_or_endless_retries
     in_use = run("api-server", "--port", taken)
     assert in_use.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in in_use.stderr, in_use.stderr
     assert "Traceback" not in in_use.stderr
+    grpc_in_use = run("serve", f"{APP}:app", "--port", taken)
+    assert grpc_in_use.returncode == 1 and "cannot listen for gRPC" in grpc_in_use.stderr, grpc_in_use.stderr
+    assert "Traceback" not in grpc_in_use.stderr
 
     short = run("--port", "0", "--api-server", url, "--token", "abc", script=APP)
     assert short.returncode == 1 and "8 to 256 characters" in short.stderr, short.stderr
 
     refused = run("--port", "0", "--api-server", url + "/nowhere", script=APP)
     assert refused.returncode == 1 and "(404)" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_sigterm_stops_a_replica_whose_def_handler_never_returns(procs):
+    url = api_server(procs)
+    proc = replica(procs, "stuck", url, env={"SERVEMESH_DRAIN_TIMEOUT": "1"})
+    wait_registry(url, lambda ids: ids == {"stuck"}, procs=[proc])
+
+    answers: list[object] = []
+
+    def call() -> None:
+        try:
+            answers.append(httpx.post(f"{url}/infer/json", headers={"X-Capability-Type": "stuck"},
+                                      json=text_input("t", "x"), timeout=30))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    import threading
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    wait_until(lambda: answers or _inflight(url) >= 1, "the stuck request in flight", 30)
+    assert not answers, answers
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert "still running after the drain" in Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+
+
+def _inflight(url: str) -> int:
+    return int(httpx.get(f"{url}/health", timeout=5).json().get("inflight", 0))

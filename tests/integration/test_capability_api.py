@@ -484,11 +484,14 @@ async def test_a_pipeline_may_come_back_to_a_replica_for_other_labels_but_a_loop
 
 
 async def test_a_handler_s_exception_is_logged_with_its_traceback_and_an_oversized_answer_says_why(caplog, tmp_path):
+    class LoggedBoom(Exception):  # a type of its own: the log line is throttled per exception type
+        pass
+
     app = App()
 
     @app.capability(type="boom")
     def boom(request, context):
-        raise KeyError("no such key")
+        raise LoggedBoom("no such key")
 
     @app.capability(type="big")
     def big(request, context):
@@ -506,9 +509,9 @@ async def test_a_handler_s_exception_is_logged_with_its_traceback_and_an_oversiz
             httpx.AsyncClient(base_url=url, timeout=10) as http:
         with caplog.at_level("WARNING", logger="servemesh.capability"):
             failed = await http.post("/infer/json", headers={"X-Capability-Type": "boom"}, json=TEXT)
-        assert failed.status_code == 500 and failed.json()["error"] == "KeyError: 'no such key'"
+        assert failed.status_code == 500 and failed.json()["error"] == "LoggedBoom: no such key"
         logged = [rec for rec in caplog.records if rec.name == "servemesh.capability" and rec.exc_info]
-        assert logged and "KeyError" in logged[0].getMessage()
+        assert logged and "LoggedBoom" in logged[0].getMessage()
 
         too_big = await http.post("/infer/json", headers={"X-Capability-Type": "big"}, json=TEXT)
         assert too_big.status_code == 500 and "exceeds the limit" in too_big.json()["error"], too_big.text
@@ -534,3 +537,32 @@ async def test_registrations_are_checked_and_a_newer_replica_s_extra_fields_are_
                                                "capabilities": [{"type": f"t{i}"}]})
         missing = await http.post("/infer/json", headers={"X-Capability-Type": "nope"}, json=TEXT)
         assert missing.status_code == 404 and len(missing.json()["available"]) == 50
+
+
+async def test_the_api_server_s_request_timeout_bounds_unary_calls_and_streams():
+    app = App()
+
+    @app.capability(type="slow")
+    async def slow(request, context):
+        await asyncio.sleep(30)
+        return reply(request, "late")
+
+    @app.capability(type="slow-stream", stream=True)
+    async def slow_stream(request, context, stream):
+        await asyncio.sleep(30)
+
+    async with api_server(request_timeout=1.0) as (_, url), replica(app, "rt", url), \
+            httpx.AsyncClient(base_url=url, timeout=20) as http:
+        unary = await http.post("/infer/json", headers={"X-Capability-Type": "slow"}, json=TEXT)
+        assert unary.status_code == 504 and unary.json()["code"] == "deadline_exceeded", unary.text
+        stream = await http.post("/infer/stream", headers={"X-Capability-Type": "slow-stream"}, json=TEXT)
+        assert stream.status_code == 504, stream.text
+
+
+async def test_a_registration_sent_as_a_form_is_told_to_send_json():
+    async with api_server() as (_, url), httpx.AsyncClient(base_url=url, timeout=10) as http:
+        body = json.dumps({"replica_id": "x", "endpoint": "h:1", "capabilities": [{"type": "x"}]})
+        as_form = await http.post("/register", content=body,
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # curl -d
+        assert as_form.status_code == 400 and as_form.json()["param"] == "body", as_form.text
+        assert "Content-Type: application/json" in as_form.json()["error"]

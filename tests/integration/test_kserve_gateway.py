@@ -400,3 +400,28 @@ async def test_clients_that_leave_stop_the_handlers():
                 assert first.infer_response.outputs[0].name == "OUTPUT" and not first.error_message
                 call.cancel()
                 await until(CANCELLED[model].is_set)
+
+
+async def test_grpc_garbage_requests_and_failing_stream_requests():
+    """Bytes that are not a ModelInferRequest are INVALID_ARGUMENT (in a stream: that request's
+    error response); a stream's error responses carry the request's id, and the stream goes on."""
+    async with stack() as (_, _, address), grpc.aio.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\xff\xff\xff\xff garbage", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("the request is not a ModelInferRequest: ")
+
+        def ask(model: str, id: str) -> bytes:
+            message = pb2.ModelInferRequest(model_name=model, id=id)
+            tensor = message.inputs.add(name="x", datatype="BYTES", shape=[1])
+            tensor.contents.bytes_contents.append(b"x")
+            return message.SerializeToString()
+
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       response_deserializer=pb2.ModelStreamInferResponse.FromString)
+        call = stream(iter([b"\xff\xff\xff\xff garbage", ask("boom", "e"), ask("nope", "n"), ask("echo", "ok")]),
+                      timeout=10)
+        got = {(m.infer_response.id, m.error_message.split(":")[0] if m.error_message else "ok") async for m in call}
+        assert got == {("", "the request is not a ModelInferRequest"), ("e", "KeyError"),
+                       ("n", "model 'nope' is not served here (models"), ("ok", "ok")}

@@ -4,9 +4,11 @@ and their matching, the wire structs, the registry's TTL and ownership, ``Stream
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import msgspec
+import numpy as np
 import pytest
 
 from servemesh.capability import AnyServe, App, Context, ModelInferResponse, wire
@@ -15,6 +17,7 @@ from servemesh.capability.registry import Registry, RuntimeInfo, foreign_instanc
 from servemesh.capability.stream import Stream
 from servemesh.errors import Cancelled, ConfigError, RegistrationConflict, RemoteError, ValidationError
 from servemesh.runtime.discovery.memory import MemoryStore
+from servemesh.tensors import bfloat16_to_float32, decode_contents_response
 
 
 def test_anyserve_is_app_and_decorators_only_record():
@@ -73,6 +76,15 @@ def test_headers_become_labels_and_values_coerce():
     assert wire.matches(wire.normalized({"flag": True}), {"flag": "true"})
 
 
+def test_label_headers_are_utf8_and_given_once():
+    assert wire.want_from_headers([(b"x-capability-city", "wého".encode())]) == {"city": "wého"}
+    assert wire.want_from_headers([(b"x-capability-a", b"\xe9")]) == {"a": "é"}  # not UTF-8: Latin-1
+    assert wire.want_from_headers([(b"x-capability-gpus", b"2"), (b"x-capability-gpus", b"2")]) == {"gpus": "2"}
+    with pytest.raises(ValidationError, match="twice") as twice:
+        wire.want_from_headers([(b"x-capability-gpus", b"2"), (b"x-capability-gpus", b"3")])
+    assert twice.value.field == "x-capability-gpus"
+
+
 def test_delegation_headers():
     assert wire.chain_from_headers("a, b", None) == (["a", "b"], 2)
     assert wire.chain_from_headers("a", "3") == (["a"], 3)
@@ -118,10 +130,23 @@ def test_replica_view_and_streaming_flags():
     assert wire.ReplicaView.of(9, {"model": "m"}) is None
 
 
-def test_nan_is_not_turned_into_null():
+def test_nan_and_infinities_are_strings_in_valid_json_never_null():
     response = ModelInferResponse("m")
-    response.add_output("x", "FP32", [2], fp32_contents=[float("nan"), 1.0])
-    assert b"NaN" in wire.encode_response(response)
+    response.add_output("x", "FP32", [4], fp32_contents=[float("nan"), 1.0, float("inf"), float("-inf")])
+    response.add_output("b", "BF16", [1], fp32_contents=[float("inf")])
+    data = wire.encode_response(response)
+    body = json.loads(data, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+    assert body["outputs"][0]["contents"]["fp32_contents"] == ["NaN", 1.0, "Infinity", "-Infinity"]
+    assert body["outputs"][1]["contents"]["fp32_contents"] == ["Infinity"]
+    back = decode_contents_response(data)
+    values = back.as_numpy("x")
+    assert np.isnan(values[0]) and list(values[1:]) == [1.0, np.inf, -np.inf]
+    assert bfloat16_to_float32(back.as_numpy("b"))[0] == np.inf
+    bare = b'{"outputs": [{"name": "x", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [NaN]}}]}'
+    assert np.isnan(decode_contents_response(bare).as_numpy("x")[0])  # what Python's json writes is read too
+    with pytest.raises(ValidationError, match="NaN"):
+        decode_contents_response(b'{"outputs": [{"name": "x", "datatype": "FP32", "shape": [1], '
+                                 b'"contents": {"fp32_contents": ["nan?"]}}]}')
 
 
 def test_kserve_compat_tensors():

@@ -91,13 +91,13 @@ def test_datatype_and_shape_may_be_left_out_when_the_contents_say_them():
         decode_contents_request({"inputs": [{"name": "a", "contents": {}}]})
 
 
-def test_nan_and_infinity_stay_floats_for_json_dumps():
+def test_nan_and_infinity_are_protobuf_json_strings():
     response = InferResponse("m")
-    response.set_numpy("y", np.array([np.nan, np.inf, -np.inf], dtype=np.float32))
+    response.set_numpy("y", np.array([np.nan, np.inf, -np.inf, 2.5], dtype=np.float32))
     encoded = encode_contents_response(response)
-    values = encoded["outputs"][0]["contents"]["fp32_contents"]
-    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf]
-    assert decode_contents_response(json.dumps(encoded)) == response
+    assert encoded["outputs"][0]["contents"]["fp32_contents"] == ["NaN", "Infinity", "-Infinity", 2.5]
+    back = decode_contents_response(json.dumps(encoded, allow_nan=False))
+    assert math.isnan(back.as_numpy("y")[0]) and list(back.as_numpy("y")[1:]) == [math.inf, -math.inf, 2.5]
 
 
 def test_shape_mismatch_names_the_tensor():

@@ -290,3 +290,9 @@ def test_importing_servemesh_does_not_import_numpy_and_tensors_do_not_import_pro
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_dimension_beyond_int64_is_refused_even_with_no_elements():
+    with pytest.raises(ValidationError, match="larger than an int64") as info:
+        InferTensor("x", "FP32", [0, 10**23], [])
+    assert info.value.field == "x"

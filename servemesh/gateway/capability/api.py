@@ -175,9 +175,9 @@ class CapabilityApiServer:
     async def infer_json(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """``POST /infer/json``: a raw route (``kit.raw``), the hot path of this server."""
         call, _ = self._call(scope, body)
-        # no timeout here: the replica enforces SERVEMESH_REQUEST_TIMEOUT on every call it
-        # serves, and the plane's liveness checks catch a replica that stopped answering
-        ctx = self.kit.scope_context(scope)
+        # this server's SERVEMESH_REQUEST_TIMEOUT bounds the call (a 504); the deadline travels
+        # to the replica, whose handler sees it (context.is_cancelled()) and is stopped at it
+        ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
         data = await unless_disconnected(receive, self.router.unary(call, ctx, wire.excluded(call.chain, call.want)))
         await send_bytes(send, 200, data)
 

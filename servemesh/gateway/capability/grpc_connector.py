@@ -6,8 +6,12 @@ runtime's request plane (``plane.add_connector``), opens streams to them: an
 ``InferCall`` becomes a ``ModelInferRequest`` (the labels as ``x-capability-*``
 metadata, the delegation chain too), ``ModelInfer`` answers a unary call and
 ``ModelStreamInfer`` a streamed one, and each response comes back as contents JSON
-bytes, exactly as a servemesh replica's would. gRPC failures become servemesh
-errors (``UNAVAILABLE`` is ``InstanceUnavailable``, so the router fails over).
+bytes, exactly as a servemesh replica's would. A servemesh replica's failures arrive as
+the exact servemesh error (its kind and fields in ``x-servemesh-error``: trailing
+metadata, or a stream error response's parameter); another server's status codes become
+servemesh errors (``UNAVAILABLE`` is ``InstanceUnavailable``, so the router fails over;
+``UNIMPLEMENTED``, an endpoint that does not serve OIP v2 gRPC, ``UpstreamProtocolError``:
+a 502).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ...errors import (
     Overloaded,
     RemoteError,
     ServemeshError,
+    UpstreamProtocolError,
     ValidationError,
 )
 from ...runtime import Annotated
@@ -35,6 +40,7 @@ from ...runtime.records import InstanceRecord
 from ...runtime.serving import ANNOTATED
 from ...tensors import decode_contents_request, from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
+from ..kit.grpc import ERROR_KEY, error_from_metadata, error_from_text
 
 KEY = "grpc"
 
@@ -114,7 +120,9 @@ class GrpcStream:
                 self._rpc = stub.ModelStreamInfer(iter([self._message]), metadata=self._metadata(), timeout=timeout)
                 async for message in self._rpc:
                     if message.error_message:
-                        raise RemoteError("InferError", message.error_message)
+                        typed = message.infer_response.parameters.get(ERROR_KEY)
+                        raise (error_from_text(typed.string_param) if typed is not None else None) \
+                            or RemoteError("InferError", message.error_message)
                     yield _wrap(wire.encode_response(from_proto(message.infer_response)), mode)
         except grpc.aio.AioRpcError as exc:
             if self._interrupt is not None:
@@ -147,9 +155,14 @@ def _wrap(data: bytes, mode: int) -> Any:
 
 
 def _error(exc: grpc.aio.AioRpcError, record: InstanceRecord, call: wire.InferCall) -> ServemeshError:
+    typed = error_from_metadata(exc.trailing_metadata())
+    if typed is not None:  # a servemesh replica: the error it raised, whole
+        return typed
     code = exc.code()
     details = exc.details() or code.name
     address = record.transport.get(KEY, "")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return UpstreamProtocolError(address, "OIP v2 gRPC", code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
         return InstanceUnavailable(record.instance_id, address, details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -16,7 +16,7 @@
     Overloaded                               429 + Retry-After
     NoInstancesError, InstanceUnavailable,
     ObjectStoreUnavailable                   503
-    StreamIncomplete                         502
+    StreamIncomplete, UpstreamProtocolError  502
     DeadlineExceeded                         504
     Cancelled                                499
     DelegationRefused                        508 (Loop Detected)
@@ -66,6 +66,7 @@ from ...errors import (
     SessionConflict,
     SessionNotFound,
     StreamIncomplete,
+    UpstreamProtocolError,
     ValidationError,
     WrongAction,
 )
@@ -130,6 +131,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (NoInstancesError, 503, "service_unavailable", "no_instances"),
     (InstanceUnavailable, 503, "service_unavailable", "instance_unavailable"),
     (StreamIncomplete, 502, "upstream_error", "stream_incomplete"),
+    (UpstreamProtocolError, 502, "upstream_error", "upstream_protocol"),
     (DeadlineExceeded, 504, "timeout", "deadline_exceeded"),
     (Cancelled, 499, "cancelled", "cancelled"),
     (RemoteError, 500, "internal_error", "remote_error"),
@@ -177,8 +179,8 @@ def _public(exc: BaseException, subject: str | None, handler_errors: bool = Fals
         return f"{exc.remote_type}: {exc.message}"
     if isinstance(exc, ConfigError) and handler_errors:
         return str(exc)  # a handler's misuse of its context (say, a blocking call on the loop)
-    if isinstance(exc, (CapabilityNotFound, DelegationRefused, RegistrationConflict)):
-        return str(exc)  # labels and replica ids, as /registry shows them: nothing internal
+    if isinstance(exc, (CapabilityNotFound, DelegationRefused, RegistrationConflict, UpstreamProtocolError)):
+        return str(exc)  # labels, replica ids and registered endpoints, as /registry shows them
     if isinstance(exc, ValidationError):
         return f"{exc.field}: {exc.message}" if exc.field else exc.message
     if isinstance(exc, Overloaded):

@@ -240,6 +240,11 @@ class GatewayKit:
         message = str(err.get("msg", "invalid request"))
         if err.get("type") == "json_invalid":
             message = f"the request body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
+        elif not param and err.get("type") in ("model_attributes_type", "dict_type"):
+            sent = request.headers.get("content-type") or "none"
+            message = (f"the request body must be a JSON object sent with Content-Type: application/json "
+                       f"(this one came as {sent})")
+            param = "body"
         elif param:
             message = f"{param}: {message}"
         return self._response(Problem(400, message, "invalid_request_error", err.get("type"), param))

@@ -5,12 +5,14 @@
 reads them; inputs typed or raw) and the bidirectional ``ModelStreamInfer``: each
 request of a stream is served as it arrives (at most ``STREAM_CONCURRENCY`` at once),
 every response of a streaming (decoupled) model goes back as one message carrying the
-request's id, and a request that fails gets a message with ``error_message`` while the
-stream goes on, as Triton does (a replica lost mid-stream too: never a short stream
-without an error). With Triton's ``triton_enable_empty_final_response`` a request's
-last message is an empty response marked ``triton_final_response``. A client that
-cancels stops the replicas' handlers. Errors become status codes through the kit's
-one table (``kit.grpc``).
+request's id, and a request that fails gets a message with ``error_message`` (and the
+request's id in ``infer_response``) while the stream goes on, as Triton does (a replica
+lost mid-stream too: never a short stream without an error). With Triton's
+``triton_enable_empty_final_response`` a request's last message is an empty response
+marked ``triton_final_response``. A client that cancels stops the replicas' handlers.
+Errors become status codes through the kit's one table (``kit.grpc``); bytes that are
+not a ``ModelInferRequest`` are ``INVALID_ARGUMENT`` (in a stream: that request's error
+response).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ...tensors import InferRequest, from_proto, to_proto
 from ...tensors.proto import grpc_predict_v2_pb2 as pb2
 from ...tensors.proto import grpc_predict_v2_pb2_grpc as pb2_grpc
 from ..kit import ApiError
-from ..kit.grpc import problem_of
+from ..kit.grpc import add_inference_servicer, bind_server, parse_request, problem_of
 from .service import ENABLE_FINAL, EXTENSIONS, FINAL, KServeService
 
 log = logging.getLogger("servemesh.gateway.kserve.grpc")
@@ -83,7 +85,7 @@ class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            response = await self.service.infer(from_proto(request), self._context(context))
+            response = await self.service.infer(from_proto(parse_request(request)), self._context(context))
             return to_proto(response, raw=True)
         except Exception as exc:
             await self._abort(context, exc, "ModelInfer")
@@ -119,6 +121,7 @@ class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):
         request: InferRequest | None = None
         final = False
         try:
+            message = parse_request(message)
             request = from_proto(message)
             final = request.parameters.pop(ENABLE_FINAL, False) is True
             async for response in self.service.stream(request, self._context(context)):
@@ -129,7 +132,11 @@ class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):
             if not isinstance(exc, (ServemeshError, ApiError)):
                 log.exception("a request of ModelStreamInfer failed")
             _, problem = problem_of(exc, self.debug)
-            await queue.put(pb2.ModelStreamInferResponse(error_message=problem.message))
+            failed = pb2.ModelInferResponse()
+            if isinstance(message, pb2.ModelInferRequest):  # the request's id: the client knows which one failed
+                failed.id, failed.model_name, failed.model_version = \
+                    message.id, message.model_name, message.model_version
+            await queue.put(pb2.ModelStreamInferResponse(error_message=problem.message, infer_response=failed))
             return
         if final:
             last = pb2.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
@@ -143,13 +150,7 @@ class KServeGrpcServer:
     ``await server.start(service)`` serves, ``await server.stop()`` ends."""
 
     def __init__(self, host: str, port: int, *, max_message: int = 64 * 1024 * 1024) -> None:
-        options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message),
-                   ("grpc.so_reuseport", 0)]
-        self._server = grpc.aio.server(options=options)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"cannot listen for gRPC on {address}")
+        self._server, self.port = bind_server(host, port, max_message)
         self.host = host
 
     @property
@@ -157,7 +158,7 @@ class KServeGrpcServer:
         return f"{self.host}:{self.port}"
 
     async def start(self, service: KServeService) -> None:
-        pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), self._server)
+        add_inference_servicer(KServeServicer(service), self._server)
         await self._server.start()
 
     async def stop(self, grace: float = 5.0) -> None:
