@@ -174,6 +174,9 @@ class Settings:
     function_cuda_base: str | None = None
     #: the base image's Python (``3.12``) when its config does not say (``PYTHON_VERSION``).
     function_python: str = "3.11"
+    #: wheel directories (or URLs), whitespace-separated, that ``servemesh build`` resolves the
+    #: dependency layer from *instead of* an index (pip ``--no-index --find-links``): air-gapped builds.
+    function_find_links: str | None = None
     #: registry credentials for ``servemesh build --push``: user and password (basic auth, or
     #: exchanged for a bearer token when the registry asks for one), or a bearer token as is.
     registry_user: str | None = None

@@ -158,6 +158,8 @@ def hop(replica_id: str, want: Mapping[str, Any]) -> str:
 def excluded(chain: Sequence[str], want: Mapping[str, Any]) -> set[str]:
     """Replicas that must not be asked ``want`` for this request: each that was already
     asked for it on the way here (a loop), and each the chain names without a tag."""
+    if not chain:
+        return set()
     tag = want_tag(want)
     out = set()
     for entry in chain:

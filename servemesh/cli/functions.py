@@ -80,6 +80,9 @@ def build(directory: Annotated[str, typer.Argument(help="the function's director
           servemesh_deps: Annotated[bool, typer.Option(
               help="resolve servemesh's own requirements into the dependency layer (off: the base has them)")]
           = True,
+          find_links: Annotated[list[str] | None, typer.Option(
+              "--find-links", help="a wheel directory (or URL) pip resolves requirements from instead of an index "
+                                   "(repeatable; default SERVEMESH_FUNCTION_FIND_LINKS)")] = None,
           user: Annotated[str | None, typer.Option(help="registry user (default SERVEMESH_REGISTRY_USER)")] = None,
           password: Annotated[str | None, typer.Option(
               help="registry password (default SERVEMESH_REGISTRY_PASSWORD)")] = None,
@@ -98,6 +101,7 @@ def build(directory: Annotated[str, typer.Argument(help="the function's director
     options = BuildOptions(registry=registry, cache=Path(settings.state_dir) / "build-cache", base=base,
                            cuda_base=settings.function_cuda_base, cuda=cuda, default_base=settings.function_base,
                            python=settings.function_python, servemesh_deps=servemesh_deps, credentials=creds,
+                           find_links=find_links or (settings.function_find_links or "").split(),
                            plain_http=plain_http, timeout=settings.registry_timeout)
     try:
         image = build_image(directory, options)

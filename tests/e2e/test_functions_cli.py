@@ -129,3 +129,69 @@ def test_uvicorn_serves_the_function_object(procs: Callable[..., subprocess.Pope
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) in (0, -signal.SIGTERM), log_of(proc)  # uvicorn re-raises the signal once stopped
     assert "Application shutdown complete" in log_of(proc)
+
+
+DRAIN_MAIN = '''
+import asyncio
+import os
+from pathlib import Path
+
+from metadata import Inputs, Outputs, Params, func
+
+
+def note(event):
+    with Path(os.environ["FN_EVENTS"]).open("a") as f:
+        f.write(event + "\\n")
+
+
+@func.on_startup
+async def start():
+    note("startup")
+
+
+@func.on_execute
+async def main(inputs: Inputs, params: Params) -> Outputs:
+    note("execute-begin")
+    text = await asyncio.to_thread(lambda: Path(os.environ["FN_GATE"]).read_text())  # a FIFO: the test opens it
+    note("execute-end")
+    return Outputs(result=text)
+
+
+@func.on_shutdown
+async def stop():
+    note("shutdown")
+'''
+
+
+def test_sigterm_drains_the_execution_in_flight_then_runs_on_shutdown(
+        tmp_path: Path, procs: Callable[..., subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.functions.dirs import write_function
+
+    target = write_function(tmp_path / "fns", name="drainer")
+    (target / "main.py").write_text(DRAIN_MAIN)
+    events, gate = tmp_path / "events.txt", tmp_path / "gate"
+    os.mkfifo(gate)
+    monkeypatch.setenv("FN_EVENTS", str(events))
+    monkeypatch.setenv("FN_GATE", str(gate))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = procs(sys.executable, "-m", "servemesh", "serve-function", str(target), "--port", str(port))
+    wait_until(lambda: ready(url), "the function is ready", 30, proc)
+
+    def noted() -> list[str]:
+        return events.read_text().split() if events.exists() else []
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/execute", json={"inputs": {"text": "x"}}, timeout=60)
+        wait_until(lambda: "execute-begin" in noted(), "the execution started", 30, proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not ready(url), "/ready fails while draining", 30, proc)
+        assert proc.poll() is None and "shutdown" not in noted()  # held open by the execution in flight
+        gate.write_text("released")  # the function's read of the FIFO returns
+        response = pending.result(60)
+    assert response.status_code == 200 and response.json()["result"] == "released"
+    assert proc.wait(30) == 0, log_of(proc)
+    assert noted() == ["startup", "execute-begin", "execute-end", "shutdown"]
+    assert "executions drained, on_shutdown done" in log_of(proc)

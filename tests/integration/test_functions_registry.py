@@ -5,13 +5,11 @@ back (`skopeo copy`), unpacked (`umoci unpack`) and served from its root file sy
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +20,9 @@ from servemesh.errors import PushRefused, RegistryError
 from servemesh.functions.build import BuildOptions, Credentials, RegistryClient, build, push
 from servemesh.functions.build.deps import SITE
 from servemesh.functions.build.oci import METADATA_LABEL
-from servemesh.testing import RegistryServer, TokenServer, free_port, wait_until
+from servemesh.testing import RegistryServer, TokenServer
 from tests.functions.dirs import write_function
+from tests.functions.images import pull_and_unpack, rootfs_tar, serve_unpacked, skopeo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,24 +36,12 @@ def registry() -> Iterator[RegistryServer]:
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     """A tiny base root file system (a tar): the image's Python is the test's own interpreter."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in (("etc/os-release", b"ID=servemesh-test\n"), ("tmp/.keep", b"")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path = tmp_path / "rootfs.tar"
-    path.write_bytes(out.getvalue())
-    return path
+    return rootfs_tar(tmp_path / "rootfs.tar")
 
 
 def options(registry: RegistryServer, tmp_path: Path, rootfs: Path, prefix: str, **kw: object) -> BuildOptions:
     return BuildOptions(registry=f"{registry.host}/{prefix}", cache=tmp_path / "cache", base=str(rootfs),
                         servemesh_deps=False, **kw)  # type: ignore[arg-type]
-
-
-def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=True)
 
 
 def test_build_push_inspect_and_incremental_pushes(registry: RegistryServer, tmp_path: Path, rootfs: Path) -> None:
@@ -154,48 +141,16 @@ def test_pulled_back_unpacked_and_served_from_its_root_file_system(registry: Reg
     image = build(target, options(registry, tmp_path, rootfs, "pull"))
     with RegistryClient(registry.host) as client:
         push(image, client)
-    layout = tmp_path / "layout"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{image.reference}", f"oci:{layout}:1.0.0")
-    bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:1.0.0", str(bundle)], check=True,
-                   capture_output=True, timeout=120)
+    bundle = pull_and_unpack(str(image.reference), tmp_path)
     root = bundle / "rootfs"
     assert (root / "etc" / "os-release").read_text() == "ID=servemesh-test\n"
     assert (root / "app" / "main.py").is_file() and (root / SITE.lstrip("/") / "servemesh" / "__init__.py").is_file()
-
-    # the image's own command and environment, run against the unpacked root (no chroot: the
-    # test's interpreter stands in for the base image's python3)
-    process = json.loads((bundle / "config.json").read_text())["process"]
-    port = free_port()
-    args = [sys.executable if a == "python3" else str(root) + a if a.startswith("/app") else a
-            for a in process["args"]]
-    args[args.index("--port") + 1] = str(port)
-    args[args.index("--host") + 1] = "127.0.0.1"
-    env = {k: v for k, v in (e.split("=", 1) for e in process["env"])}
-    env["PYTHONPATH"] = str(root) + env["PYTHONPATH"]
-    env["SERVEMESH_STATE_DIR"] = str(tmp_path / "state")
-    log = open(tmp_path / "served.log", "wb")
-    proc = subprocess.Popen(args, cwd=root / process["cwd"].lstrip("/"), env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(url), "the unpacked function is ready", 30, proc)
+    with serve_unpacked(bundle, tmp_path) as (url, proc):
         out = httpx.post(f"{url}/execute", json={"inputs": {"text": "back"}, "params": {"times": 2}}).json()
         assert out["result"] == "back back"
         assert out["served_by"].startswith(str(root / SITE.lstrip("/")))  # servemesh from the image's layer
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _config_digest(registry: RegistryServer, repository: str, tag: str) -> str:
@@ -216,3 +171,47 @@ def test_a_registry_reference_as_base(registry: RegistryServer, tmp_path: Path, 
         report = push(image, client)  # the base's layers are read from the base's repository
         # 3 base layers, the app layer, the config (the dependency layer equals the base's: one blob)
         assert report.manifest_put and len(report.uploaded) == 5 and report.present == 0
+
+
+def test_the_cli_refuses_overwrites_and_breaking_changes_and_builds_cuda(registry: RegistryServer, tmp_path: Path,
+                                                                        rootfs: Path) -> None:
+    """What a user sees: exit 1 with the refusal (and the diff), `--force` overwriting, `--cuda`
+    taking SERVEMESH_FUNCTION_CUDA_BASE."""
+    fns = tmp_path / "fns"
+    env = dict(os.environ, SERVEMESH_STATE_DIR=str(tmp_path / "state"))
+
+    def cli(target: Path, *extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "servemesh", "build", str(target), "--registry",
+                               f"{registry.host}/cli", "--no-servemesh-deps", *extra], capture_output=True,
+                              text=True, timeout=120, env=dict(env, **more_env))
+
+    first = cli(write_function(fns, name="cmd"), "--base", str(rootfs), "--push")
+    assert first.returncode == 0, first.stderr
+    changed = write_function(fns, name="cmd", expression="inputs.text + '?'")
+    refused = cli(changed, "--base", str(rootfs), "--push")
+    assert refused.returncode == 1 and "already pushed" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    forced = cli(changed, "--base", str(rootfs), "--push", "--force")
+    assert forced.returncode == 0, forced.stderr
+    with RegistryClient(registry.host) as client:
+        found = client.get_manifest("cli/cmd", "1.0.0")
+    assert found is not None and found[2] in forced.stdout  # the tag names the forced build now
+
+    breaking = cli(write_function(fns, name="cmd", version="1.1.0", inputs="words: list[str]"), "--base",
+                   str(rootfs), "--push")
+    assert breaking.returncode == 1, breaking.stdout
+    assert "breaks 1.0.0 without a major version bump (1.0.0 -> 1.1.0); make it 2.0.0" in breaking.stderr
+    assert '  - inputs.text: removed ({"type":"string"})' in breaking.stderr
+    with RegistryClient(registry.host) as client:
+        assert client.tags("cli/cmd") == ["1.0.0"]
+
+    # --cuda: the configured CUDA base (here an OCI layout written by --output), not --base / FROM
+    layout = tmp_path / "cuda-layout"
+    made = cli(write_function(fns, name="cudabase"), "--base", str(rootfs), "--output", str(layout))
+    assert made.returncode == 0, made.stderr
+    cuda = cli(write_function(fns, name="oncuda"), "--cuda", "--output", str(tmp_path / "out"),
+               SERVEMESH_FUNCTION_CUDA_BASE=f"oci:{layout}:1.0.0")
+    assert cuda.returncode == 0, cuda.stderr
+    assert f"base oci:{layout}:1.0.0" in cuda.stdout and "(5 layers" in cuda.stdout
+    missing = cli(write_function(fns, name="oncuda"), "--cuda")
+    assert missing.returncode == 1 and "SERVEMESH_FUNCTION_CUDA_BASE" in missing.stderr

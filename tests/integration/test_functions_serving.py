@@ -103,7 +103,12 @@ async def test_ready_only_after_startup_and_shutdown_after_drain(settings: Setti
     async with DistributedRuntime(settings) as runtime:
         serving = asyncio.create_task(serve_function(runtime, make_function(events, gate, hold), port=port))
         await until(lambda: _is(status(f"{url}/ready"), 503), "/ready answers 503 while on_startup runs")
-        assert events == ["startup-begin"]
+
+        async def startup_began() -> bool:  # the port may answer a moment before on_startup is entered
+            return events == ["startup-begin"]
+
+        await until(startup_began, "on_startup entered")
+        assert await status(f"{url}/ready") == 503
         assert await status(f"{url}/health") == 200
         gate.set()
         await until(lambda: _is(status(f"{url}/ready"), 200), "/ready after on_startup")

@@ -116,6 +116,9 @@ def test_a_seed_style_dockerfile_is_followed(tmp_path: Path) -> None:
     config = json.loads(image.config)["config"]
     assert config["Cmd"][-1] == "main:func" and config["WorkingDir"] == "/app"
     assert "MODEL=tiny" in config["Env"] and config["ExposedPorts"] == {"3000/tcp": {}}
+    assert image.base == "scratch" and len(image.layers) == 2  # FROM scratch: dependencies, then COPY . .
+    with tarfile.open(fileobj=io.BytesIO(image.layers[1].fetch()), mode="r:gz") as tar:
+        assert {"app/main.py", "app/metadata.py", "app/Dockerfile"} <= set(tar.getnames())
     (target / "Dockerfile").write_text("FROM scratch\nWORKDIR /app\nRUN pip install torch\n")
     with pytest.raises(BuildError, match=r"Dockerfile:3: RUN cannot be honoured"):
         build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", servemesh_deps=False))
@@ -148,3 +151,45 @@ def test_a_build_does_not_need_the_functions_requirements(tmp_path: Path) -> Non
                                        servemesh_deps=False))
     label = json.loads(json.loads(image.config)["config"]["Labels"]["org.servemesh.function"])
     assert label["inputs"]["properties"]["text"]["type"] == "string"
+
+
+def test_same_input_same_digest_from_another_process_path_and_clock(tmp_path: Path) -> None:
+    """The digest depends on the files' content only: not on where the directory is, its
+    files' times or permission bits beyond executable, nor on the process (hash seed)."""
+    import shutil
+    import subprocess
+    import sys
+
+    target = write_function(tmp_path / "fns")
+    (target / "data").mkdir()
+    (target / "data" / "table.csv").write_text("a,b\n1,2\n")
+    options = BuildOptions(registry="registry.example:5000/team", cache=tmp_path / "cache", base="scratch",
+                           servemesh_deps=False)
+    here = build(target, options).digest
+    elsewhere = tmp_path / "somewhere" / "else" / "text" / "echo" / "1.0.0"  # the layout names the category
+    shutil.copytree(target, elsewhere)
+    os.utime(elsewhere / "main.py", (123456789, 123456789))
+    (elsewhere / "data" / "table.csv").chmod(0o600)
+    done = subprocess.run([sys.executable, "-m", "servemesh", "build", str(elsewhere), "--registry",
+                           "registry.example:5000/team", "--base", "scratch", "--no-servemesh-deps"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONHASHSEED="12345", SERVEMESH_STATE_DIR=str(tmp_path / "s")))
+    assert done.returncode == 0, done.stderr
+    assert f"built registry.example:5000/team/echo:1.0.0 {here} " in done.stdout
+    (elsewhere / "data" / "table.csv").chmod(0o755)  # executable: a different layer
+    assert build(elsewhere, options).digest != here
+
+
+def test_the_scaffolds_dockerfile_is_followed(tmp_path: Path) -> None:
+    import json
+
+    from servemesh.functions.scaffold import new_function
+
+    target = new_function("text/shout", str(tmp_path))
+    image = build(target, BuildOptions(registry="r.example/x", cache=tmp_path / "cache", base="scratch",
+                                       servemesh_deps=False))
+    config = json.loads(image.config)["config"]
+    assert config["Cmd"] == ["python3", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "3000", "main:func"]
+    assert config["WorkingDir"] == "/app"
+    with tarfile.open(fileobj=io.BytesIO(image.layers[-1].fetch()), mode="r:gz") as tar:
+        assert {"app/main.py", "app/metadata.py", "app/requirements.txt"} <= set(tar.getnames())

@@ -40,6 +40,8 @@ class BuildOptions:
     default_base: str | None = None
     python: str = "3.11"
     servemesh_deps: bool = True
+    #: wheel directories (or URLs) pip resolves from *instead of* an index (``--find-links``)
+    find_links: list[str] = dataclasses.field(default_factory=list)
     credentials: Credentials = dataclasses.field(default_factory=Credentials)
     plain_http: bool | None = None
     timeout: float = 300.0
@@ -93,7 +95,7 @@ def build(directory: str | Path, options: BuildOptions) -> Image:
     requirements = read_requirements(root) + (servemesh_requirements() if options.servemesh_deps else [])
     layers = list(base.layers)
     history = []
-    deps = dependency_layer(requirements, python, options.cache)
+    deps = dependency_layer(requirements, python, options.cache, find_links=options.find_links)
     layers.append(oci.from_layer(deps))
     history.append(deps.comment)
     ignore = read_ignore_file(root)

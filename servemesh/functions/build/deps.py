@@ -7,7 +7,8 @@ manylinux2014_x86_64 --only-binary=:all: --no-compile -r requirements``: wheels 
 is compiled here), no bytecode (it would differ build to build). The result is cached by
 what decides it, so a rebuild does not run pip again. servemesh itself goes in as its
 package's source files (it is pure Python); its own requirements are resolved like the
-function's unless ``servemesh_deps=False`` (a base image that already has them).
+function's unless ``servemesh_deps=False`` (a base image that already has them). With
+``find_links`` pip reads wheels from those places only (``--no-index --find-links``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import BuildError
@@ -44,9 +46,16 @@ def read_requirements(directory: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def resolve(requirements: list[str], python: str, platform: str, cache: Path, timeout: float = 900.0) -> Path:
-    """A directory with ``requirements`` installed for ``python`` on ``platform`` (cached)."""
-    key = hashlib.sha256("\n".join([python, platform, *sorted(requirements)]).encode()).hexdigest()[:24]
+def resolve(requirements: list[str], python: str, platform: str, cache: Path, timeout: float = 900.0,
+            find_links: Sequence[str] = ()) -> Path:
+    """A directory with ``requirements`` installed for ``python`` on ``platform`` (cached).
+
+    ``find_links``: directories (or URLs) of wheels that are the *only* source: pip runs with
+    ``--no-index --find-links ...`` (air-gapped builds, and the tests).
+    """
+    links = [_link(link) for link in find_links]
+    key = hashlib.sha256("\n".join([python, platform, *sorted(requirements), "--find-links", *links]).encode()
+                         ).hexdigest()[:24]
     target = cache / f"site-{key}"
     if (target / ".complete").exists():
         return target
@@ -57,6 +66,8 @@ def resolve(requirements: list[str], python: str, platform: str, cache: Path, ti
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
            "--target", str(work / "site"), "--python-version", python, "--implementation", "cp",
            "--platform", platform, "--only-binary=:all:", "-r", str(req)]
+    if links:
+        cmd += ["--no-index", *(arg for link in links for arg in ("--find-links", link))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -73,12 +84,17 @@ def resolve(requirements: list[str], python: str, platform: str, cache: Path, ti
     return target
 
 
+def _link(link: str) -> str:
+    """A local directory made absolute (pip runs elsewhere); a URL as it is."""
+    return link if "://" in link else str(Path(link).expanduser().resolve())
+
+
 def dependency_layer(requirements: list[str], python: str, cache: Path, *,
-                     platform: str = DEFAULT_PLATFORM) -> Layer:
+                     platform: str = DEFAULT_PLATFORM, find_links: Sequence[str] = ()) -> Layer:
     writer = LayerWriter()
     writer.add_dir(SITE)
     if requirements:
-        site = resolve(requirements, python, platform, cache)
+        site = resolve(requirements, python, platform, cache, find_links=find_links)
         writer.add_tree(site, SITE, ignore=(".complete",))
     import servemesh
 
