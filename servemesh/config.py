@@ -99,6 +99,13 @@ class Settings:
     #: show internal addresses and instance ids in HTTP error messages.
     debug_errors: bool = False
 
+    # -- stateful sessions (docs/sessions.md) ------------------------------------------
+    #: where sessions are stored: ``sqlite:///file.db`` (default ``sqlite:///servemesh-sessions.db``),
+    #: ``postgresql://...``, ``memory://``.
+    sessions_store: str | None = None
+    #: a JSON file of session principals (hashed API keys, granted partitions, admin); none: open.
+    sessions_principals: str | None = None
+
     # -- TLS and credentials (docs/security.md) -----------------------------------------
     #: etcd user and password (also taken from ``https://user:password@host`` in ``etcd``).
     etcd_user: str | None = None

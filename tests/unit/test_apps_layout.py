@@ -37,6 +37,7 @@ def imported_modules(path: Path) -> set[str]:
     ("llm", ("servemesh.gateway", "servemesh.apps")),
     ("capability", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm")),
     ("sdk", ("servemesh.gateway", "servemesh.llm", "servemesh.apps")),
+    ("sessions", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm", "servemesh.capability")),
     ("gateway", ("servemesh.apps",)),
     ("functions", ("servemesh.gateway", "servemesh.apps", "servemesh.sdk", "servemesh.llm", "servemesh.capability")),
 ])

@@ -28,6 +28,10 @@ SAMPLES = [
     errors.DelegationRefused("loop", ["r-a", "r-b"], 4, {"type": "a"}),
     errors.DelegationRefused("depth", ["r-a"], 1),
     errors.UpstreamProtocolError("10.0.0.1:9000", "OIP v2 gRPC", "UNIMPLEMENTED"),
+    errors.SessionNotFound("p", "a", 3),
+    errors.SessionConflict("p", "a", 1, 2),
+    errors.WrongAction("ask", "answer", "a", "p"),
+    errors.ActionFailed("ask", "RuntimeError", "on fire"),
     errors.ServemeshError("something"),
 ]
 

@@ -7,8 +7,11 @@
     ApiError (a surface's own refusal)      its status
     FunctionInputError                       422
     ValidationError, SerializationError      400
-    ObjectNotFound, CapabilityNotFound       404
-    RegistrationConflict                     409
+    ObjectNotFound, CapabilityNotFound,
+    SessionNotFound                          404
+    RegistrationConflict, SessionConflict,
+    WrongAction                              409
+    ActionFailed                             500 (the action's error type and message)
     ObjectTooLarge                           413
     Overloaded                               429 + Retry-After
     NoInstancesError, InstanceUnavailable,
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import (
+    ActionFailed,
     Cancelled,
     CapabilityNotFound,
     ConfigError,
@@ -59,9 +63,12 @@ from ...errors import (
     RemoteError,
     SerializationError,
     ServemeshError,
+    SessionConflict,
+    SessionNotFound,
     StreamIncomplete,
     UpstreamProtocolError,
     ValidationError,
+    WrongAction,
 )
 from ...http.shape import Shape
 
@@ -112,6 +119,10 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ObjectNotFound, 404, "not_found_error", "object_not_found"),
     (CapabilityNotFound, 404, "not_found_error", "capability_not_found"),
     (RegistrationConflict, 409, "conflict_error", "registration_conflict"),
+    (SessionNotFound, 404, "not_found_error", "session_not_found"),
+    (SessionConflict, 409, "conflict_error", "stale_session"),
+    (WrongAction, 409, "conflict_error", "wrong_action"),
+    (ActionFailed, 500, "action_error", "action_failed"),
     (DelegationRefused, 508, "delegation_error", "delegation_refused"),
     (ObjectTooLarge, 413, "invalid_request_error", "object_too_large"),
     (ObjectStoreUnavailable, 503, "service_unavailable", "object_store_unavailable"),
@@ -152,6 +163,12 @@ def _details(exc: BaseException, handler_errors: bool) -> dict[str, Any] | None:
         return {"chain": exc.chain, "reason": exc.reason}
     if isinstance(exc, RemoteError) and handler_errors:
         return {"error_type": exc.remote_type}
+    if isinstance(exc, WrongAction):
+        return {"next_action": exc.next_action}
+    if isinstance(exc, SessionConflict):
+        return {"sequence_id": exc.actual}
+    if isinstance(exc, ActionFailed):
+        return {"action": exc.action, "error_type": exc.error_type}
     return None
 
 
@@ -178,8 +195,9 @@ def _public(exc: BaseException, subject: str | None, handler_errors: bool = Fals
         return f"the request{about} did not finish within its deadline"
     if isinstance(exc, Cancelled):
         return "the request was cancelled"
-    if isinstance(exc, (ObjectNotFound, ObjectTooLarge, FrameTooLarge)):
-        return str(exc)  # about the client's own ref or value, or an answer's size: nothing internal
+    if isinstance(exc, (ObjectNotFound, ObjectTooLarge, FrameTooLarge, SessionNotFound, SessionConflict,
+                        WrongAction, ActionFailed)):
+        return str(exc)  # about the client's own ref, value or session, or an answer's size: nothing internal
     if isinstance(exc, ObjectStoreUnavailable):
         return "the object store is unavailable; retry later"
     if isinstance(exc, SerializationError):
