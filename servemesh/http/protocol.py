@@ -41,6 +41,9 @@ from .limits import HttpLimits
 from .shape import Shape, raw_error
 
 log = Throttled(logging.getLogger("servemesh.http"))
+#: seconds a connection answered with an error (408, 400, 503) is kept half-closed,
+#: reading and dropping what the client still sends, before it is closed
+LINGER = 1.0
 
 #: seconds a client refused for want of a connection should wait
 RETRY_AFTER = 1
@@ -90,6 +93,7 @@ class _Guarded:
         self._counted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._lingering = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,11 +106,13 @@ class _Guarded:
             log.warning("refused", "refused a connection: %d open connections is the limit "
                         "(SERVEMESH_HTTP_MAX_CONNECTIONS)", guard.limits.max_connections)
             self.transport.write(guard.refusal)
-            self.drop()
+            self.drop(linger=True)
             return
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # answered and closing: what still arrives is read and dropped
+            return
         super().data_received(data)  # type: ignore[misc]
         if self.transport.is_closing():
             return
@@ -137,7 +143,7 @@ class _Guarded:
         log.warning("invalid", "invalid HTTP request received from %s", self.client[0] if self.client else "?")
         self.transport.write(raw_error(self.guard.shape, 400, "the request is not valid HTTP/1.1",
                                        "invalid_request_error", "invalid_http"))
-        self.drop()
+        self.drop(linger=True)
 
     # -- the guard's rules ---------------------------------------------------------------------
     def _await_head(self) -> None:
@@ -172,13 +178,25 @@ class _Guarded:
             log.warning("slow head", "dropped a connection whose request head took over %g s "
                         "(SERVEMESH_HTTP_HEADER_TIMEOUT)", self.guard.limits.header_timeout)
             self.transport.write(self.guard.slow_head)
+            self.drop(linger=True)
+            return
         self.drop()
 
-    def drop(self) -> None:
-        """Close the connection now (what was written is still sent)."""
+    def drop(self, linger: bool = False) -> None:
+        """Close the connection now (what was written is still sent). ``linger``: after an
+        error answer to a client that may still be sending, close our side first and read
+        (and drop) what arrives for up to ``LINGER`` seconds: closing a socket with unread
+        data makes the kernel reset the connection, which can destroy the answer before
+        the client reads it."""
         self._head_arrived()
         self._release()
-        self.transport.close()
+        transport = self.transport
+        if linger and not transport.is_closing() and transport.can_write_eof():
+            self._lingering = True
+            transport.write_eof()
+            self.loop.call_later(LINGER, transport.close)
+            return
+        transport.close()
 
     def _release(self) -> None:
         if self._counted:

@@ -32,7 +32,9 @@ def slow(request, context, stream):
 
 @app.capability(type="stuck")
 def stuck(request, context):
-    """Never returns (a call that hangs): the replica must still stop after its drain."""
+    """Never returns (a call that hangs): the replica must still stop after its drain. It
+    first creates the file its input names, so a test knows it is running."""
+    open(request.inputs[0].bytes_contents[0].decode(), "w").close()
     while True:
         time.sleep(3600)
 
