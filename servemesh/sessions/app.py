@@ -27,6 +27,7 @@ from it whose condition holds names the next action; none: the session finished.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -110,8 +111,10 @@ class StatefulApp:
             if new is None:
                 raise ConfigError(f"streaming action {action!r} of app {self.name!r} ended without yielding "
                                   f"the new state (an instance of {self.state_model.__name__})")
-        else:
-            new = func(model, **inputs)
+        elif inspect.iscoroutinefunction(func):
+            new = await func(model, **inputs)
+        else:  # a plain def runs in a worker thread: it must not stall the event loop
+            new = await asyncio.to_thread(func, model, **inputs)
             if inspect.isawaitable(new):
                 new = await new
         final = new if isinstance(new, self.state_model) else self.state_model.model_validate(new)

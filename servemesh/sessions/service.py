@@ -17,6 +17,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import msgspec
+
 from ..errors import ActionFailed, ServemeshError, SessionConflict, SessionNotFound, ValidationError, WrongAction
 from .definition import Definition, Result
 from .records import Lineage, Page, Session, Step, check_id, check_sequence
@@ -118,6 +120,11 @@ class Sessions:
         if action not in self.app.actions:
             raise ValidationError(f"no action {action!r}; actions: {', '.join(self.app.actions)}", "action")
         values = self.models.validate_inputs(action, inputs)
+        stored_inputs = _jsonable(inputs)
+        for name, value in stored_inputs.items():
+            if not _storable(value):
+                raise ValidationError("holds text that is not valid Unicode (a lone surrogate): it cannot be "
+                                      "stored or answered as JSON", name)
         before = await self.get(partition_key, app_id)
         if if_match is not None and check_sequence("If-Match", if_match) != before.sequence_id:
             raise SessionConflict(partition_key, app_id, if_match, before.sequence_id)
@@ -139,13 +146,27 @@ class Sessions:
             raise ActionFailed(action, type(exc).__name__, str(exc)) from exc
         if result is None:
             raise ActionFailed(action, "RuntimeError", "the action ended without a new state")
-        yield await self.store.commit(before, action, _jsonable(inputs), result.state, result.next_action)
+        if not _storable(result.state):  # stored, it would fail every later read of the session
+            raise ActionFailed(action, "ValueError", "the new state holds text that is not valid Unicode "
+                                                      "(a lone surrogate): nothing was stored")
+        yield await self.store.commit(before, action, stored_inputs, result.state, result.next_action)
 
 
 def _limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationError(f"must be between 1 and {MAX_PAGE}", "limit")
     return limit
+
+
+def _storable(value: Any) -> bool:
+    """Whether ``value`` can be written as UTF-8 JSON (what every store and answer needs)."""
+    try:
+        msgspec.json.encode(value)
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError):
+        return True  # not a text problem: the store reports what it cannot hold
+    return True
 
 
 def _jsonable(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -116,3 +116,35 @@ async def test_concurrent_steps_from_stale_reads_never_lose_an_update(sessions):
     await asyncio.gather(*(bump() for _ in range(20)))
     final = await sessions.get("p", "a")
     assert final.state["total"] == wins == 20 == final.sequence_id
+
+
+async def test_text_that_is_not_unicode_is_refused_and_never_poisons_the_session(sessions):
+    await sessions.get_or_create("p", "a")
+    with pytest.raises(ValidationError) as bad:
+        await sessions.run("p", "a", "add", {"amount": 1, "note": "x\ud800y"})
+    assert bad.value.field == "note"
+    current = await sessions.get("p", "a")
+    assert current.sequence_id == 0
+    assert [s.app_id for s in (await sessions.list_sessions()).items] == ["a"]
+
+
+async def test_a_plain_def_action_runs_off_the_event_loop():
+    import threading
+
+    from servemesh.sessions import StatefulApp
+
+    seen: list[str] = []
+    app = StatefulApp("threads", counter.Counter)
+
+    @app.action
+    def add(state: counter.Counter, amount: int = 1) -> counter.Counter:
+        seen.append(threading.current_thread().name)
+        return state.model_copy(update={"total": state.total + amount})
+
+    service = await Sessions(app, MemoryStore()).open()
+    try:
+        await service.get_or_create("p", "a")
+        assert (await service.run("p", "a", "add", {"amount": 2})).state["total"] == 2
+    finally:
+        await service.close()
+    assert seen and seen[0] != threading.main_thread().name
