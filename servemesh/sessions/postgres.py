@@ -122,14 +122,14 @@ class PostgresStore:
         async with self.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
                 "UPDATE servemesh_sessions SET sequence_id = $1, state = $2::jsonb, next_action = $3, "
-                "last_action = $4, updated_at = $5 WHERE partition_key = $6 AND app_id = $7 AND sequence_id = $8",
-                seq, text, next_action, action, t, *key, before.sequence_id)
+                "last_action = $4, updated_at = $5 WHERE partition_key = $6 AND app_id = $7 AND sequence_id = $8 "
+                "AND created_at = $9", seq, text, next_action, action, t, *key, before.sequence_id, before.created_at)
             if status != "UPDATE 1":
-                current = await conn.fetchval("SELECT sequence_id FROM servemesh_sessions WHERE partition_key = $1 "
-                                              "AND app_id = $2", *key)
-                if current is None:
+                current = await conn.fetchrow("SELECT sequence_id, created_at FROM servemesh_sessions WHERE "
+                                              "partition_key = $1 AND app_id = $2", *key)
+                if current is None or current["created_at"] != before.created_at:  # gone (maybe made anew)
                     raise SessionNotFound(*key)
-                raise SessionConflict(*key, before.sequence_id, current)
+                raise SessionConflict(*key, before.sequence_id, current["sequence_id"])
             await conn.execute("INSERT INTO servemesh_session_steps VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, "
                                "$7, $8)", *key, seq, action, json.dumps(inputs), text, next_action, t)
         return Session(*key, seq, state, next_action, action, before.parent, before.created_at, t)

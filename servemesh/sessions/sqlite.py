@@ -171,12 +171,13 @@ class SQLiteStore:
         try:
             cur = await db.execute(
                 "UPDATE servemesh_sessions SET sequence_id = ?, state = ?, next_action = ?, last_action = ?, "
-                "updated_at = ? WHERE partition_key = ? AND app_id = ? AND sequence_id = ?",
-                (seq, text, next_action, action, t, before.partition_key, before.app_id, before.sequence_id))
+                "updated_at = ? WHERE partition_key = ? AND app_id = ? AND sequence_id = ? AND created_at = ?",
+                (seq, text, next_action, action, t, before.partition_key, before.app_id, before.sequence_id,
+                 before.created_at))
             if cur.rowcount != 1:
                 await db.execute("ROLLBACK")
                 current = await self._get(before.partition_key, before.app_id)
-                if current is None:
+                if current is None or current.created_at != before.created_at:  # gone (maybe made anew)
                     raise SessionNotFound(before.partition_key, before.app_id)
                 raise SessionConflict(before.partition_key, before.app_id, before.sequence_id, current.sequence_id)
             await db.execute("INSERT INTO servemesh_session_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -37,8 +37,9 @@ class SessionStore(Protocol):
 
     async def commit(self, before: Session, action: str, inputs: dict[str, Any], state: dict[str, Any],
                      next_action: str | None) -> Session:
-        """Store the step after ``before``, if the session is still at ``before.sequence_id``;
-        else raise ``SessionConflict`` (or ``SessionNotFound``, deleted meanwhile)."""
+        """Store the step after ``before``, if the session is still at ``before.sequence_id``
+        and is the same session (``created_at``: not deleted and made anew meanwhile); else
+        raise ``SessionConflict`` (or ``SessionNotFound``, deleted meanwhile)."""
         ...
 
     async def history(self, partition_key: str, app_id: str, after: int, limit: int) -> list[Step]: ...
@@ -92,7 +93,7 @@ class MemoryStore:
         key = (before.partition_key, before.app_id)
         async with self._lock:
             current = self._sessions.get(key)
-            if current is None:
+            if current is None or current.created_at != before.created_at:  # gone (maybe made anew)
                 raise SessionNotFound(*key)
             if current.sequence_id != before.sequence_id:
                 raise SessionConflict(*key, before.sequence_id, current.sequence_id)

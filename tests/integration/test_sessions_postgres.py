@@ -8,6 +8,7 @@ import pytest
 from servemesh.sessions import PostgresStore, Sessions, open_store
 
 from ..unit.test_sessions_service import (  # the store contract, collected here against PostgreSQL
+    test_a_step_begun_before_a_delete_never_lands_on_the_session_made_anew,
     test_concurrent_steps_from_stale_reads_never_lose_an_update,
     test_fork_history_delete_and_paging,
     test_get_or_create_persists_at_once_and_is_idempotent,
@@ -18,6 +19,7 @@ from .sessions_helpers import counter
 from .test_sessions_replicas import CLIENTS, STEPS_EACH, hammer, replicas_and_gateway
 
 __all__ = [
+    "test_a_step_begun_before_a_delete_never_lands_on_the_session_made_anew",
     "test_concurrent_steps_from_stale_reads_never_lose_an_update",
     "test_fork_history_delete_and_paging",
     "test_get_or_create_persists_at_once_and_is_idempotent",

@@ -148,3 +148,14 @@ async def test_a_plain_def_action_runs_off_the_event_loop():
     finally:
         await service.close()
     assert seen and seen[0] != threading.main_thread().name
+
+
+async def test_a_step_begun_before_a_delete_never_lands_on_the_session_made_anew(sessions):
+    await sessions.get_or_create("p", "a")
+    before = await sessions.get("p", "a")
+    await sessions.delete("p", "a")
+    await sessions.get_or_create("p", "a")  # the same id, a new session at sequence 0
+    with pytest.raises(SessionNotFound):
+        await sessions.store.commit(before, "add", {"amount": 9}, {"total": 9, "log": ["+9"]}, "add")
+    current = await sessions.get("p", "a")
+    assert (current.sequence_id, current.state["total"]) == (0, 0)
