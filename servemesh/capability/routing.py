@@ -169,34 +169,13 @@ class CapabilityRouter:
         client = self._unary
         if client is None:
             raise NoInstancesError(self.unary_path, [])
-        remote: wire.InferCall | None = None if type(call) is wire.LocalCall else call
-        tried: set[int] = set()
-        last: ServemeshError | None = None
-        refreshed = False
+        attempts = _Attempts(self, call, False, exclude, client)
         while True:
-            view = self._choose(call.want, False, exclude, tried)
-            if view is None:
-                if last is None and not refreshed and self._refresh is not None:
-                    refreshed = True
-                    await self._refresh()
-                    continue
-                raise last if last is not None else await self.missing(call.want, False, exclude)
-            iid = view.instance_id
-            tried.add(iid)
-            load = self._load
-            load[iid] = load.get(iid, 0) + 1
-            if iid == self.runtime.instance_id:  # a replica in this process: called in process
-                send = call
-            else:
-                send = remote = remote if remote is not None else wire.remote_call(call)
+            iid, send = await attempts.next()
             try:
                 return await client.one(send, iid, context=ctx)  # type: ignore[no-any-return]
             except (InstanceUnavailable, Overloaded) as exc:
-                if not _refused_by(exc, iid):
-                    raise
-                if isinstance(exc, InstanceUnavailable):
-                    client.quarantine(iid)
-                last = exc
+                attempts.refused(exc, iid)
             except StopAsyncIteration:
                 raise NoInstancesError(f"capability {_text(call.want)}", []) from None
             finally:
@@ -212,28 +191,9 @@ class CapabilityRouter:
         client = self._stream
         if client is None:
             raise NoInstancesError(self.stream_path, [])
-        remote: wire.InferCall | None = None if type(call) is wire.LocalCall else call
-        tried: set[int] = set()
-        last: ServemeshError | None = None
-        refreshed = False
+        attempts = _Attempts(self, call, True, exclude, client)
         while True:
-            view = self._choose(call.want, True, exclude, tried)
-            if view is None:
-                if last is None and not refreshed and self._refresh is not None:
-                    refreshed = True
-                    await self._refresh()
-                    continue
-                raise last if last is not None else await self.missing(call.want, True, exclude)
-            iid = view.instance_id
-            tried.add(iid)
-            if iid not in client.records():  # the streaming record did not arrive yet
-                continue
-            load = self._load
-            load[iid] = load.get(iid, 0) + 1
-            if iid == self.runtime.instance_id:  # a replica in this process: called in process
-                send = call
-            else:
-                send = remote = remote if remote is not None else wire.remote_call(call)
+            iid, send = await attempts.next()
             response = client.direct(send, iid, context=ctx, annotated=False)
             try:
                 first = await response.__anext__()
@@ -242,11 +202,9 @@ class CapabilityRouter:
                 await response.aclose()
                 if isinstance(exc, StopAsyncIteration):
                     return None, _empty()
-                if not isinstance(exc, (InstanceUnavailable, Overloaded)) or not _refused_by(exc, iid):
+                if not isinstance(exc, (InstanceUnavailable, Overloaded)):
                     raise
-                if isinstance(exc, InstanceUnavailable):
-                    client.quarantine(iid)
-                last = exc
+                attempts.refused(exc, iid)
                 continue
             return first, self._rest(response, iid)
 
@@ -276,6 +234,58 @@ class CapabilityRouter:
         finally:
             self._release(iid)
             await response.aclose()
+
+
+class _Attempts:
+    """One call's way through the replicas: the next one to try (least loaded, each at
+    most once; after asking ``refresh`` once when none is left), counted in the router's
+    load, with the request in the form that replica takes; and what to do when it refused."""
+
+    __slots__ = ("call", "client", "exclude", "last", "refreshed", "remote", "router", "stream", "tried")
+
+    def __init__(self, router: CapabilityRouter, call: wire.InferCall, stream: bool, exclude: Collection[str],
+                 client: Client) -> None:
+        self.router = router
+        self.call = call
+        self.stream = stream
+        self.exclude = exclude
+        self.client = client
+        self.remote: wire.InferCall | None = None if type(call) is wire.LocalCall else call
+        self.tried: set[int] = set()
+        self.last: ServemeshError | None = None
+        self.refreshed = False
+
+    async def next(self) -> tuple[int, wire.InferCall]:
+        router, call = self.router, self.call
+        while True:
+            view = router._choose(call.want, self.stream, self.exclude, self.tried)
+            if view is None:
+                if self.last is None and not self.refreshed and router._refresh is not None:
+                    self.refreshed = True
+                    await router._refresh()
+                    continue
+                raise self.last if self.last is not None else await router.missing(call.want, self.stream,
+                                                                                   self.exclude)
+            iid = view.instance_id
+            self.tried.add(iid)
+            if self.stream and iid not in self.client.records():  # its streaming record did not arrive yet
+                continue
+            load = router._load
+            load[iid] = load.get(iid, 0) + 1
+            if iid == router.runtime.instance_id:  # a replica in this process: called in process
+                return iid, call
+            if self.remote is None:
+                self.remote = wire.remote_call(call)
+            return iid, self.remote
+
+    def refused(self, exc: InstanceUnavailable | Overloaded, iid: int) -> None:
+        """``exc`` out of the call to ``iid``: raised again unless that replica itself refused
+        (then the next attempt goes elsewhere, and a replica out of reach is quarantined)."""
+        if not _refused_by(exc, iid):
+            raise exc
+        if isinstance(exc, InstanceUnavailable):
+            self.client.quarantine(iid)
+        self.last = exc
 
 
 def _refused_by(exc: InstanceUnavailable | Overloaded, iid: int) -> bool:
