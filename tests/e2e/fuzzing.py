@@ -5,14 +5,38 @@ process must outlive every operation."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+
+from servemesh.testing import free_port, wait_http_ok
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def served(command: Callable[[int], list[str]], log: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The server ``command(port)`` starts (from the repository root, its output in
+    ``log``), once its ``/ready`` answers 200: its URL and process; stopped after."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **env))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/ready", 60, proc)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def fuzz_operations(url: str, proc: subprocess.Popen[bytes], *, examples: int,

@@ -5,39 +5,25 @@ and the function must still be ready afterwards. The function runs as users run 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from servemesh.testing import free_port, wait_http_ok
+from .fuzzing import ROOT, fuzz_operations, served
 
-from .fuzzing import fuzz_operations
-
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = 30
 
 
 @pytest.fixture(scope="module")
 def function(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
     work = tmp_path_factory.mktemp("fuzz-function")
-    log = open(work / "function.log", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SERVEMESH_STATE_DIR=str(work / "state"))
-    proc = subprocess.Popen([sys.executable, "-m", "servemesh", "serve-function",
-                             str(ROOT / "examples" / "functions" / "text" / "greet" / "1.0.0"), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/ready", 60, proc)
-        yield url, proc
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    greet = str(ROOT / "examples" / "functions" / "text" / "greet" / "1.0.0")
+    with served(lambda port: [sys.executable, "-m", "servemesh", "serve-function", greet, "--port", str(port)],
+                work / "function.log", SERVEMESH_STATE_DIR=str(work / "state")) as server:
+        yield server
 
 
 def test_no_fuzzed_request_gets_a_5xx_or_crashes_the_function(function: tuple[str, subprocess.Popen[bytes]]) -> None:
