@@ -20,6 +20,7 @@
     ├── CapabilityNotFound      no replica serves the labels asked for (wanted, available)
     ├── DelegationRefused       a delegation would loop or go too deep (reason, chain, limit)
     ├── RegistrationConflict    a replica id registered from elsewhere (replica_id, endpoint, registered)
+    ├── EventsLost              events of a subject were dropped or could not be sent (subject, dropped, reason)
     ├── SessionError            stateful sessions (servemesh.sessions); as itself: a store misused
     │   ├── SessionNotFound     no session (partition_key, app_id[, sequence_id])
     │   ├── SessionConflict     a stale step or an id taken (partition_key, app_id, expected, actual)
@@ -361,6 +362,28 @@ class RegistrationConflict(ServemeshError):
             f"replica {replica_id!r} belongs to another registration ({why}): send the token it registered with, "
             "unregister it first, or wait until its registration expires"
         )
+
+
+# -- the event plane (runtime.events) ------------------------------------------------------
+class EventsLost(ServemeshError):
+    """Events of ``subject`` were lost: a subscription's queue overflowed (``dropped`` of
+    them) or its connection was cut, or a publish could not be sent. What was built from
+    the events is stale: resynchronise (fetch a snapshot), then keep reading. Local to a
+    process: it never crosses the request plane."""
+
+    def __init__(self, subject: str, dropped: int, reason: str) -> None:
+        self.subject = subject
+        self.dropped = dropped
+        self.reason = reason
+        count = f"{dropped} event(s)" if dropped else "events"
+        super().__init__(f"{count} on {subject} lost: {reason}; resynchronise from a snapshot")
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"subject": self.subject, "dropped": self.dropped, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> ServemeshError:
+        return cls(str(fields.get("subject", "")), int(fields.get("dropped", 0)), str(fields.get("reason", "")))
 
 
 # -- stateful sessions (servemesh.sessions) ------------------------------------------------

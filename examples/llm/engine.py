@@ -2,6 +2,7 @@
 
     python3 examples/llm/engine.py                        # llama.cpp, gemma-3-270m
     python3 examples/llm/engine.py --engine mock --model mock --tokens-per-s 50
+    python3 examples/llm/engine.py --engine mock --model mock --kv-blocks 4096 --prefill-s-per-token 0.001
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ if __name__ == "__main__":
     parser.add_argument("--tokens-per-s", type=float, help="mock engine speed (0: as fast as it can)")
     parser.add_argument("--latency-s", type=float, help="mock engine delay before the first token")
     parser.add_argument("--context-length", type=int, help="the model's context (llama.cpp n_ctx; mock: 131072)")
+    parser.add_argument("--kv-blocks", type=int,
+                        help="mock engine: simulate a prefix cache of this many blocks of 16 tokens, published for "
+                             "KV-aware routers (0: none)")
+    parser.add_argument("--prefill-s-per-token", type=float,
+                        help="mock engine: seconds of prefill per prompt token not in its cache")
     args = parser.parse_args()
     servemesh.configure_logging()
-    extra = {"tokens_per_s": args.tokens_per_s, "latency_s": args.latency_s} if args.engine == "mock" else {}
+    extra = {"tokens_per_s": args.tokens_per_s, "latency_s": args.latency_s, "kv_blocks": args.kv_blocks,
+             "prefill_s_per_token": args.prefill_s_per_token} if args.engine == "mock" else {}
     extra["context_length"] = args.context_length
     servemesh.run(engine_class(args.engine), **engine_kwargs(args.engine, args.model, args.model_path, **extra))

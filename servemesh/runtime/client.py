@@ -58,6 +58,7 @@ class Client:
         self._changed = asyncio.Event()
         self._watch: WatchHandle | None = None
         self._generation = 0
+        self._listeners: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._watch = await self.runtime.discovery.watch(self._prefix, self)
@@ -76,6 +77,7 @@ class Client:
         else:
             self._instances.pop(record.instance_id, None)
         self._changed.set()
+        self._notify()
 
     def on_delete(self, key: str) -> None:
         try:
@@ -87,6 +89,26 @@ class Client:
         self._quarantine.pop(iid, None)
         self._connectors.pop(iid, None)
         self._changed.set()
+        self._notify()
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` each time discovery changes this client's instances (one
+        appeared, changed or left), after the client took the change in; returns a
+        function that stops it. Callbacks run in the discovery watch and must not block."""
+        self._listeners.append(callback)
+
+        def unlink() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unlink
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:
+                log.exception("an on_change callback of the client of %s failed", self.endpoint.path)
 
     # -- the live set ---------------------------------------------------------------
     def instance_ids(self) -> list[int]:
@@ -156,13 +178,15 @@ class Client:
         return NoInstancesError(e.path, known, self.capabilities or None, waited)
 
     # -- calls ------------------------------------------------------------------------
-    def generate(self, request: Any, *, context: Context | None = None,
-                 annotated: bool = True) -> ResponseStream:
-        """Stream the endpoint's response, routed by the client's router.
+    def generate(self, request: Any, *, context: Context | None = None, annotated: bool = True,
+                 router: Router | None = None) -> ResponseStream:
+        """Stream the endpoint's response, routed by the client's router, or by ``router``
+        for this call only (say a choice made for this one request; a failover asks it
+        again, without the instances that failed).
 
         Use as ``async for item in client.generate(req)`` or
         ``stream = await client.generate(req)``."""
-        return ResponseStream(self, request, context, annotated, self._router, None)
+        return ResponseStream(self, request, context, annotated, self._router if router is None else router, None)
 
     def round_robin(self, request: Any, *, context: Context | None = None,
                     annotated: bool = True) -> ResponseStream:

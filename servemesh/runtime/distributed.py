@@ -14,6 +14,7 @@ from .client import Client
 from .component import Component, Endpoint, Namespace
 from .discovery.base import Discovery
 from .discovery.memory import MemoryDiscovery
+from .events import EventPlane, make_events
 from .handler import Handler, adapt
 from .metrics import RuntimeMetrics
 from .plane import RequestPlane
@@ -65,6 +66,7 @@ class DistributedRuntime:
         self._ready: dict[str, asyncio.Event] = {}
         self._clients: set[Client] = set()
         self._plane: RequestPlane | None = None
+        self._events: EventPlane | None = None
         self._system: HttpServer | None = None
         self._start_lock = asyncio.Lock()
         self._draining = asyncio.Event()
@@ -104,6 +106,17 @@ class DistributedRuntime:
         if self._plane is None:
             raise ServemeshError("the runtime has not started: `await runtime.start()` first")
         return self._plane
+
+    @property
+    def events(self) -> EventPlane:
+        """The event plane (``runtime/events.py``): ``publish(subject, data)`` and
+        ``subscribe(subject)``, over NATS, or in process when discovery is in memory.
+        Made on first use and closed at shutdown; a ``ConfigError`` with etcd and no NATS."""
+        if self._events is None:
+            if self.state is RuntimeState.STOPPED:
+                raise ServemeshError("the runtime has stopped: it has no event plane")
+            self._events = make_events(self.settings, self.discovery, self.instance_id, self.tasks)
+        return self._events
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> DistributedRuntime:
@@ -194,6 +207,8 @@ class DistributedRuntime:
                                 self.settings.drain_timeout)
             for client in list(self._clients):
                 await client.close()
+            if self._events is not None:
+                await self._events.close()
             if self._plane is not None:
                 await self._plane.close()
             await self.tasks.close()

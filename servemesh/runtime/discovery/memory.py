@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from ...errors import DiscoveryError
 from ..records import InstanceRecord
 from .base import WatchSink
+
+if TYPE_CHECKING:
+    from ..events import MemoryBus
 
 
 class MemoryStore:
@@ -15,6 +19,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, InstanceRecord] = {}
         self.watchers: list[tuple[str, WatchSink]] = []
+        #: the in-process event bus of the runtimes on this store (``events.memory_bus``)
+        self.bus: MemoryBus | None = None
 
     def put(self, record: InstanceRecord) -> None:
         self.records[record.key] = record
