@@ -373,7 +373,7 @@ class KvChooser:
     flight, requests spread). The chosen instance's ``active`` count carries this
     request's blocks until ``release()``; a failover moves them."""
 
-    __slots__ = ("_holder", "active", "blocks", "chosen", "overlap_weight", "overlaps", "tie")
+    __slots__ = ("_holder", "active", "blocks", "choices", "chosen", "overlap_weight", "overlaps", "tie")
 
     def __init__(self, overlaps: Mapping[int, int], blocks: int, active: dict[int, int], *,
                  overlap_weight: float = 1.0, tie: Router | None = None) -> None:
@@ -384,6 +384,8 @@ class KvChooser:
         self.tie = tie
         #: the instance chosen last (kept after ``release()``, for the router's stats)
         self.chosen: int | None = None
+        #: how many times it was asked: more than once, the first choice failed (a failover)
+        self.choices = 0
         self._holder: int | None = None  # the instance whose active count holds our blocks
 
     def cost(self, instance: int) -> float:
@@ -392,6 +394,7 @@ class KvChooser:
 
     def choose(self, candidates: Sequence[int], load: Mapping[int, int]) -> int:
         self.release()  # a failover: our blocks leave the instance that failed
+        self.choices += 1
         if len(candidates) == 1:
             pick = candidates[0]
         else:

@@ -60,8 +60,8 @@ class KvRouting:
         #: instance -> blocks of this router's requests in flight there
         self.active: dict[int, int] = {}
         self.counts = {"requests": 0, "kv_hits": 0, "blocks_requested": 0, "blocks_matched": 0,
-                       "prefill_blocks_saved": 0, "events": 0, "events_lost": 0, "gaps": 0, "snapshots": 0,
-                       "snapshot_failures": 0}
+                       "prefill_blocks_saved": 0, "failovers": 0, "events": 0, "events_lost": 0, "gaps": 0,
+                       "snapshots": 0, "snapshot_failures": 0}
         self._tie = RoundRobin()
         self._tasks = TaskSet("kv router")
         self._states: Client | None = None
@@ -109,6 +109,8 @@ class KvRouting:
 
     def finished(self, chooser: KvChooser) -> None:
         chooser.release()
+        if chooser.choices > 1:
+            self.counts["failovers"] += 1
         saved = chooser.overlap
         if saved:
             self.counts["kv_hits"] += 1

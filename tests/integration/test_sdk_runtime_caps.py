@@ -83,7 +83,9 @@ async def test_llm_services_register_their_model_and_wait_for_engines(etcd):
         ctx = {"context_length": 131072}
         assert caps == {("engine", "generate"): {"model": "caps-m", "engine": "mock", **ctx},
                         ("engine", "stats"): {"model": "caps-m", "engine": "mock", **ctx},
+                        ("engine", "kv_state"): {"model": "caps-m", "engine": "mock", **ctx},
                         ("router", "generate"): {"model": "caps-m", "router": "round_robin", **ctx},
+                        ("router", "stats"): {"model": "caps-m", "router": "round_robin", **ctx},
                         ("processor", "process"): {"model": "caps-m", **ctx}}
         client = await rt.endpoint(PROCESSOR_PATH).client(capabilities={"model": "caps-m"})
         request = ProcessorRequest(model="caps-m", prompt="x", sampling=SamplingParams(max_tokens=5))
