@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from servemesh import DistributedRuntime, serve
 from servemesh.apps.llm import serve_pipeline
 from servemesh.llm.engines.mock import MockEngine
-from servemesh.llm.kv import KV_STATE_PATH
+from servemesh.llm.kv import KV_STATE_PATH, KvEvent, kv_subject
+from servemesh.llm.kv_router import KvRouting
 from servemesh.llm.router import ROUTER_PATH, Router
 from servemesh.runtime.discovery.memory import MemoryDiscovery, MemoryStore
 
@@ -122,3 +125,44 @@ async def test_serve_pipeline_engines_share_one_bus_and_a_kv_router_sees_both():
             rt.request_shutdown()
             await router
             await pipeline
+
+
+async def test_a_gap_or_lost_events_bring_a_snapshot_and_garbage_is_ignored():
+    mesh = Mesh()
+    try:
+        engine = await mesh.serve(MockEngine, KV_STATE_PATH, model="kvl", kv_blocks=64)
+        caller = await mesh.runtime()
+        routing = KvRouting(caller, "kvl", max_pending=2)
+        await routing.start()  # the engine's snapshot is taken before start() returns
+        iid = engine.instance_id
+        assert routing.counts["snapshots"] == 1 and routing.index.instances() == {iid: 0}
+        subject = kv_subject("kvl")
+        seq = routing.index.seq(iid)
+        assert seq is not None
+
+        def at_least(key: str, n: int):
+            async def check() -> bool:
+                await asyncio.sleep(0)  # yield a turn to the reader task (until() bounds the wait)
+                return routing.counts[key] >= n
+            return check
+
+        # seq jumps ahead: applied, then the snapshot (which does not have block 123) replaces it
+        await caller.events.publish(subject, msgspec.msgpack.encode(KvEvent(iid, seq + 5, 16, [123], [])))
+        await until(at_least("snapshots", 2), what="a snapshot after the gap")
+        assert routing.counts["gaps"] == 1 and routing.index.overlaps([123]) == {}
+        # garbage is dropped; a stale event (at or before the snapshot's seq) changes nothing
+        seq = routing.index.seq(iid)
+        assert seq is not None
+        await caller.events.publish(subject, b"\xc1garbage")
+        await caller.events.publish(subject, msgspec.msgpack.encode(KvEvent(iid, seq, 16, [7], [])))
+        await until(at_least("events", 2), what="the stale event")
+        assert routing.counts["events"] == 2 and routing.index.overlaps([7]) == {}
+        # more than max_pending in one turn: events lost, every engine's snapshot again
+        for _ in range(5):
+            await caller.events.publish(subject, msgspec.msgpack.encode(KvEvent(iid, seq, 16, [], [])))
+        await until(at_least("snapshots", 3), what="a snapshot after lost events")
+        assert routing.counts["events_lost"] == 1
+        await routing.close()
+        assert caller.events.subscriptions == 0  # type: ignore[attr-defined]
+    finally:
+        await mesh.close()
