@@ -111,6 +111,8 @@ class Subscription:
 
     def _failed(self, exc: BaseException) -> None:
         """The subscription could not be made (or was refused): reads raise ``exc``."""
+        if self.closed:
+            return
         self._error = exc
         if not self._ready.done():
             self._ready.set_exception(exc)
@@ -159,10 +161,10 @@ class Subscription:
         if not self._ready.done():
             await self._ready
         while True:
-            if self._error is not None:
-                raise self._error
             if self.closed:
                 raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
             if self._lost is not None:
                 reason, dropped = self._lost, self._dropped
                 self._lost, self._dropped = None, 0
@@ -181,6 +183,7 @@ class Subscription:
             return
         self.closed = True
         self._queue.clear()
+        self._started()  # a reader still waiting for the subscription to be in place ends too
         self._wake()
         await self._detach(self)
 
