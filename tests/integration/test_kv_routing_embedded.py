@@ -13,6 +13,7 @@ from servemesh.apps.llm import serve_pipeline
 from servemesh.llm.engines.mock import MockEngine
 from servemesh.llm.kv import KV_STATE_PATH, KvEvent, kv_subject
 from servemesh.llm.kv_router import KvRouting
+from servemesh.llm.protocol import EngineRequest, SamplingParams
 from servemesh.llm.router import ROUTER_PATH, Router
 from servemesh.runtime.discovery.memory import MemoryDiscovery, MemoryStore
 
@@ -71,6 +72,21 @@ async def test_follow_ups_go_to_the_engine_that_cached_them_over_the_in_process_
         routed = await router_stats(caller, "kvm")
         assert routed["kv_hits"] == 4 and routed["prefill_blocks_saved"] == 4 * 16
         assert routed["requests"] == 8 and routed["snapshots"] >= 2
+
+        # a request's blocks count on its engine while its stream is open, and leave when it is
+        # closed early (the router's window holds the rest of a long answer back meanwhile)
+        long = EngineRequest(model="kvm", token_ids=talks[1].prompt, sampling=SamplingParams(max_tokens=100_000))
+        stream = router.generate(long, annotated=False)
+        await anext(aiter(stream))
+        active = {i["instance"]: i["active_blocks"] for i in (await router_stats(caller, "kvm"))["instances"]}
+        assert active == {owner[talks[1].seed]: len(talks[1].prompt) // 16, **{
+            i: 0 for i in ids if i != owner[talks[1].seed]}}
+        await stream.aclose()
+
+        async def idle() -> bool:
+            return all(i["active_blocks"] == 0 for i in (await router_stats(caller, "kvm"))["instances"])
+
+        await until(idle, what="the closed stream's blocks leaving the router's count")
 
         # an engine that leaves takes its blocks out of the index; its conversations move
         gone = owner[talks[0].seed]
