@@ -1,6 +1,7 @@
 """The whole LLM pipeline in one process: OpenAI frontend -> processor -> engine.
 
     python3 examples/llm/pipeline.py                       # gemma-3-270m on llama.cpp, CPU
+    python3 examples/llm/pipeline.py --slots 8             # 8 requests decoded together (continuous batching)
     python3 examples/llm/pipeline.py --engine mock         # no model: deterministic tokens
     python3 examples/llm/pipeline.py --api-key sk-mine     # clients send Authorization: Bearer sk-mine
 
@@ -14,7 +15,7 @@ import argparse
 
 import servemesh
 from servemesh import DistributedRuntime, worker
-from servemesh.apps.llm import ENGINES, serve_pipeline
+from servemesh.apps.llm import ENGINES, add_engine_arguments, engine_options, serve_pipeline
 from servemesh.llm.model import DEFAULT_MODEL
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, help="the model's context (llama.cpp n_ctx; mock: 131072)")
     parser.add_argument("--api-key", help="require `Authorization: Bearer <key>` (several: comma-separated; "
                         "default: SERVEMESH_API_KEY)")
+    add_engine_arguments(parser)
     args = parser.parse_args()
     model = args.model if args.engine != "mock" or args.model != DEFAULT_MODEL else "mock"
 
@@ -55,7 +57,8 @@ def main() -> None:
         await serve_pipeline(runtime, engine=args.engine, model=model, model_path=args.model_path,
                              host=args.host, port=args.port, engines=args.engines,
                              on_ready=lambda url, name: how_to_call(url, name, keys),
-                             context_length=args.context_length)
+                             context_length=args.context_length,
+                             **(engine_options(args) if args.engine == "llamacpp" else {}))
 
     servemesh.configure_logging()
     servemesh.run(run())

@@ -42,15 +42,39 @@ def engine_class(kind: str) -> type:
     raise ConfigError(f"unknown engine {kind!r}: use one of {', '.join(ENGINES)}")
 
 
+#: the llamacpp engine's options, by the names the command lines use (``--slots`` ...)
+LLAMACPP_OPTIONS = {"context_length": "n_ctx", "slots": "slots", "threads": "n_threads",
+                    "batch_tokens": "batch_tokens", "max_waiting": "max_waiting", "deterministic": "deterministic"}
+
+
 def engine_kwargs(kind: str, model: str, model_path: str | None, **extra: Any) -> dict[str, Any]:
-    """Constructor arguments of an engine; ``context_length`` is llama.cpp's ``n_ctx``."""
+    """Constructor arguments of an engine from command-line options (``None``: the default);
+    ``context_length`` is llama.cpp's ``n_ctx``."""
     given = {k: v for k, v in extra.items() if v is not None}
     if kind == "mock":
-        return {"model": model, **given}
+        return {"model": model, **{k: v for k, v in given.items() if k not in LLAMACPP_OPTIONS or
+                                   k == "context_length"}}
     kwargs: dict[str, Any] = {"model": model, "model_path": model_path}
-    if "context_length" in given:
-        kwargs["n_ctx"] = given["context_length"]
+    kwargs.update({LLAMACPP_OPTIONS[k]: v for k, v in given.items() if k in LLAMACPP_OPTIONS})
     return kwargs
+
+
+def add_engine_arguments(parser: Any) -> None:
+    """The llamacpp engine's batching options on an ``argparse`` parser."""
+    group = parser.add_argument_group("llamacpp engine (continuous batching)")
+    group.add_argument("--slots", type=int, help="sequences decoded together (default 4); each has the "
+                       "context length")
+    group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    group.add_argument("--batch-tokens", type=int, help="most tokens decoded in one step (default 512)")
+    group.add_argument("--max-waiting", type=int, help="requests that may wait for a slot before 429 (default 64)")
+    group.add_argument("--deterministic", action="store_true", default=None,
+                       help="greedy output independent of batching and prefix-cache hits (slower when few "
+                            "slots are busy)")
+
+
+def engine_options(args: Any) -> dict[str, Any]:
+    """What ``add_engine_arguments`` parsed, for :func:`engine_kwargs`."""
+    return {k: getattr(args, k, None) for k in ("slots", "threads", "batch_tokens", "max_waiting", "deterministic")}
 
 
 def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer:
@@ -115,4 +139,4 @@ def _shared(runtime: DistributedRuntime) -> MemoryDiscovery | None:
     return MemoryDiscovery(runtime.discovery.store) if isinstance(runtime.discovery, MemoryDiscovery) else None
 
 
-__all__ = ["ENGINES", "engine_class", "engine_kwargs", "make_tokenizer", "serve_pipeline", "start_frontend"]
+__all__ = ["ENGINES", "LLAMACPP_OPTIONS", "add_engine_arguments", "engine_class", "engine_kwargs", "engine_options", "make_tokenizer", "serve_pipeline", "start_frontend"]

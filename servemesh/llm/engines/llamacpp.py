@@ -1,44 +1,72 @@
-"""llama.cpp on the CPU (llama-cpp-python), serving a GGUF model."""
+"""llama.cpp on the CPU (llama-cpp-python), serving a GGUF model with continuous batching."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError, Overloaded, ValidationError
+from ...errors import ConfigError, ValidationError
 from ...runtime import Context
 from ...sdk import ServiceContext, async_init, endpoint, on_shutdown, service
-from ..model import load_llama, resolve_model
+from ..kv import BLOCK_SIZE, KvPublisher, block_hashes
+from ..model import resolve_model
 from ..protocol import EngineOutput, EngineRequest
 from . import GenerationStats
+from .batching import Batcher, Sequence
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
 
-@service(name="engine", namespace="inference",
-         capabilities=lambda self: {"model": self.model, "engine": "llamacpp", "context_length": self.n_ctx})
+def _capabilities(self: LlamaCppEngine) -> dict[str, object]:
+    return {"model": self.model, "engine": "llamacpp", "context_length": self.n_ctx, "slots": self.slots}
+
+
+@service(name="engine", namespace="inference", capabilities=_capabilities)
 class LlamaCppEngine:
-    """One llama.cpp context; requests take turns on it (at most ``max_waiting`` wait,
-    then ``Overloaded``). Tokens are produced in a worker thread, one step per await, so
-    a cancelled request stops after the token being computed."""
+    """Continuous batching on one llama.cpp context of ``slots`` sequences, each of up
+    to ``n_ctx`` tokens (prompt and answer).
+
+    Every step decodes one token for each running request plus chunks of waiting
+    prompts (at most ``batch_tokens`` tokens a step); requests join and leave between
+    steps, each with its own sampling (temperature, top-p, seed, stop tokens). A
+    request that finds every slot busy waits; beyond ``max_waiting`` waiting it is
+    refused with ``Overloaded`` (HTTP 429). A caller that leaves frees its slot at the
+    next step. A finished slot keeps its KV state as a prefix cache: a prompt that
+    starts like a cached one (the next turn of a chat, a shared system prompt)
+    computes only the rest. The cached blocks are published (``KvPublisher``) for
+    KV-aware routers, and served by ``kv_state``. ``deterministic=True`` makes greedy
+    output independent of batching and cache hits (``llama_batch.py``), at a cost in
+    throughput when few slots are busy. The decode loop runs in a thread of its own;
+    the event loop only hands tokens over."""
 
     def __init__(self, ctx: ServiceContext, model: str, model_path: str | None = None, n_ctx: int = 2048,
-                 n_threads: int | None = None, max_waiting: int = 32) -> None:
+                 n_threads: int | None = None, slots: int = 4, batch_tokens: int = 512, max_waiting: int = 64,
+                 deterministic: bool = False) -> None:
+        if n_ctx < 256 or n_ctx % 256:
+            raise ConfigError(f"the context length ({n_ctx}) must be a multiple of 256 for the llamacpp engine")
+        if not 1 <= slots <= 256:
+            raise ConfigError(f"slots must be between 1 and 256, not {slots}")
+        if batch_tokens < max(slots, 64):
+            raise ConfigError(f"batch_tokens ({batch_tokens}) must be at least 64 and at least slots ({slots})")
+        if max_waiting < 0:
+            raise ConfigError(f"max_waiting cannot be negative ({max_waiting})")
         self.ctx = ctx
         self.model = model
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.slots = slots
+        self.batch_tokens = batch_tokens
         self.max_waiting = max_waiting
-        self.llm: Any = None
-        self._turn = asyncio.Lock()
-        self._waiting = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
+        self.deterministic = deterministic
+        self.backend: Any = None
+        self.batcher: Batcher | None = None
         self.counts = GenerationStats()
+        self.kv = KvPublisher(ctx.runtime, model)
 
     @async_init
     async def load(self) -> None:
@@ -46,54 +74,76 @@ class LlamaCppEngine:
             import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise ConfigError("the llamacpp engine needs llama-cpp-python: pip install 'servemesh[llm]'") from exc
-        path = await asyncio.to_thread(resolve_model, self.model, self.model_path)
-        log.info("loading %s from %s ...", self.model, path)
+        from .llama_batch import LlamaBackend
+
+        path: Path = await asyncio.to_thread(resolve_model, self.model, self.model_path)
+        log.info("loading %s from %s (%d slots of %d tokens) ...", self.model, path, self.slots, self.n_ctx)
         started = time.monotonic()
-        self.llm = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: load_llama(path, n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False))
+        self.backend = await asyncio.to_thread(
+            LlamaBackend, path, slots=self.slots, n_ctx=self.n_ctx, batch_tokens=self.batch_tokens,
+            n_threads=self.n_threads, deterministic=self.deterministic)
+        self.batcher = Batcher(self.backend, asyncio.get_running_loop(), slots=self.slots, n_ctx=self.n_ctx,
+                               batch_tokens=self.batch_tokens, max_waiting=self.max_waiting,
+                               name=f"{self.ctx.namespace}.{self.ctx.name}.generate", on_cache=self._cached,
+                               block=BLOCK_SIZE)
+        self.batcher.start()
+        await self.kv.start()
         log.info("model %s loaded in %.1fs", self.model, time.monotonic() - started)
+
+    def _cached(self, slot: int, tokens: tuple[int, ...]) -> None:
+        """A slot's cached tokens changed by a block: publish what it holds now."""
+        self.kv.hold(slot, block_hashes(tokens))
 
     @endpoint()
     async def generate(self, request: EngineRequest, context: Context) -> AsyncIterator[EngineOutput]:
-        if len(request.token_ids) + request.sampling.max_tokens > self.n_ctx:
-            raise ValidationError(f"prompt ({len(request.token_ids)} tokens) plus max_tokens "
-                                  f"({request.sampling.max_tokens}) exceeds the context of {self.n_ctx}",
-                                  field="max_tokens")
-        if self._waiting >= self.max_waiting:
-            raise Overloaded(f"{self.ctx.namespace}.{self.ctx.name}.generate", self.max_waiting)
-        self._waiting += 1
-        try:
-            await self._turn.acquire()
-        finally:
-            self._waiting -= 1
-        loop = asyncio.get_running_loop()
-        tokens = self._tokens(request)
-        try:
-            with self.counts.track():
-                stops = set(request.stop_token_ids) | {self.llm.token_eos()}
-                for _ in range(request.sampling.max_tokens):
-                    token = await loop.run_in_executor(self._pool, next, tokens, None)
-                    if token is None:
-                        break
-                    if token in stops:
-                        yield EngineOutput(token_ids=[token], finish_reason="stop")
-                        return
-                    yield EngineOutput(token_ids=[token])
-                yield EngineOutput(finish_reason="length")
-        finally:
-            await asyncio.shield(loop.run_in_executor(self._pool, tokens.close))
-            self._turn.release()
-
-    def _tokens(self, request: EngineRequest) -> Generator[int, None, None]:
+        batcher = self.batcher
+        assert batcher is not None
         s = request.sampling
-        if s.seed is not None:
-            self.llm.set_seed(s.seed)
-        return self.llm.generate(request.token_ids, temp=s.temperature, top_p=s.top_p, reset=True)  # type: ignore[no-any-return]
+        if len(request.token_ids) + s.max_tokens > self.n_ctx:
+            raise ValidationError(f"prompt ({len(request.token_ids)} tokens) plus max_tokens "
+                                  f"({s.max_tokens}) exceeds the context of {self.n_ctx}", field="max_tokens")
+        vocab = self.backend.n_vocab
+        if any(not 0 <= t < vocab for t in request.token_ids):
+            raise ValidationError(f"token ids must be between 0 and {vocab - 1}", field="token_ids")
+        seq = Sequence(prompt=list(request.token_ids), max_tokens=s.max_tokens,
+                       stop=frozenset(request.stop_token_ids), temperature=s.temperature, top_p=s.top_p,
+                       seed=s.seed)
+        batcher.submit(seq)  # Overloaded when too many wait
+        with self.counts.track():
+            try:
+                while True:
+                    await seq.wake.wait()
+                    seq.wake.clear()
+                    tokens, seq.ready = seq.ready, []
+                    if seq.error is not None:
+                        raise seq.error
+                    if seq.finish is not None:
+                        yield EngineOutput(token_ids=tokens, finish_reason=seq.finish)  # type: ignore[arg-type]
+                        return
+                    if tokens:
+                        yield EngineOutput(token_ids=tokens)
+            finally:
+                if seq.finish is None:
+                    batcher.cancel(seq)
 
     @endpoint()
-    async def stats(self, request: dict[str, object]) -> dict[str, int]:
-        return {**self.counts.as_dict(), "waiting": self._waiting}
+    async def stats(self, request: dict[str, object]) -> dict[str, Any]:
+        """Generations running, served and cancelled; the batcher's slots, queue, steps and
+        prefix cache (``prefix_hits``, ``prompt_tokens``, ``cached_tokens``)."""
+        b = self.batcher
+        assert b is not None
+        return {**self.counts.as_dict(), **b.stats.as_dict(), "slots": self.slots, "busy": b.busy,
+                "waiting": b.waiting}
+
+    @endpoint()
+    async def kv_state(self, request: dict[str, object]) -> dict[str, Any]:
+        """The KV blocks the slots hold (``KvPublisher.state()``), for KV-aware routers."""
+        return self.kv.state()
 
     @on_shutdown
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.kv.close()
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close)
+        if self.backend is not None and (self.batcher is None or not self.batcher.alive):
+            await asyncio.to_thread(self.backend.close)
