@@ -33,7 +33,7 @@ for three servers started one at a time (never two at once), in the same run:
 
 The load: one async httpx client in this process, ``POST /v1/completions`` with ``stream:
 true``, ``stream_options.include_usage``, ``temperature: 0``, ``max_tokens`` (64); every
-request a distinct prompt of ~60-100 tokens (``--seed``), so no prompt cache helps anyone.
+request a distinct prompt of ~80-95 tokens (``--seed``), so no prompt cache helps anyone.
 Per concurrency level, C workers send back to back: ``--warmup`` seconds not counted, then
 a window of ``--duration`` seconds; tokens/s = completion tokens that arrived in the window
 / the window (chunks with text, scaled by the ``usage.completion_tokens`` / chunks ratio of
@@ -140,7 +140,7 @@ ENDINGS = ["The next morning,", "Without telling anyone,", "When the rain finall
 
 
 def make_prompt(seed: int, index: int) -> str:
-    """A distinct ~60-100 token story opening, the same for every server and run."""
+    """A distinct ~80-95 token story opening, the same for every server and run."""
     r = random.Random(seed * 1_000_003 + index)
     name, other = r.sample(NAMES, 2)
     place, place2 = r.sample(PLACES, 2)
@@ -148,7 +148,7 @@ def make_prompt(seed: int, index: int) -> str:
     return (f"{name} was a {r.choice(MOODS)} person who lived near {place}. One day, {name} found {thing} "
             f"hidden under a loose floorboard. Nobody in the family knew where it came from, and {other}, "
             f"who had lived there for {r.randint(3, 60)} years, only shook their head. So {name} "
-            f"{r.choice(ACTS)}, and then {r.choice(ACTS)}. The trail led to {place2}. {r.choice(ENDINGS)}")
+            f"{r.choice(ACTS)}. The trail led to {place2}. {r.choice(ENDINGS)}")
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -471,7 +471,6 @@ class Server:
     url: str
     note: str
     failed: str | None = None
-    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 def make_servers(args: argparse.Namespace, logs: Path, model_path: Path) -> tuple[list[Server], dict[str, str]]:
@@ -556,6 +555,8 @@ def batching(args: argparse.Namespace) -> None:
     servers, info = make_servers(args, logs, model_path)
     for k, v in info.items():
         print(f"  {k}: {v}")
+    for server in servers:
+        print(f"  {server.name} ({server.note}): {shlex.join(server.proc.cmd)}")
     extra = {"ignore_eos": True} if args.ignore_eos else {}
     results: dict[tuple[str, int], list[Level]] = {}
     answers: dict[str, str] = {}
