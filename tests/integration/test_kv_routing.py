@@ -13,6 +13,7 @@ import httpx
 
 from servemesh import DistributedRuntime, serve
 from servemesh.llm.kv import kv_subject
+from servemesh.llm.model import resolve_model
 from servemesh.llm.router import ROUTER_PATH, Router
 
 from .kv_helpers import (
@@ -123,3 +124,44 @@ async def test_kv_router_across_processes_follows_caches_survives_restarts_and_k
         await stop_router(router_rt, router_task)
         assert router_rt.events.subscriptions == 0  # type: ignore[attr-defined]
         await until(no_subscriber, timeout=10, what="the stopped router's subscription leaving NATS")
+
+
+async def test_kv_router_over_two_llamacpp_engines_follows_the_real_prefix_cache(spawn, etcd, nats, namespace):
+    """The same with the real model: two llamacpp engine processes publish what their slots
+    hold; each conversation's next turn goes back to its engine and hits its prefix cache;
+    after kill -9 the survivor serves the turn."""
+    model = f"gemma-{namespace}"  # the packaged model under a name of this test's own
+    gguf = str(resolve_model("gemma-3-270m"))
+    settings = {"etcd": etcd.url, "nats": nats.url, "lease_ttl": 3}
+    env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_NATS": nats.url, "SERVEMESH_LEASE_TTL": "3"}
+    async with DistributedRuntime(**settings) as rt:
+        engines = await Engines(rt, model).start()
+        procs = {}
+        for count in (1, 2):
+            proc = spawn(ENGINE, "--engine", "llamacpp", "--model", model, "--model-path", gguf, "--slots", "2",
+                         "--threads", "1", "--context-length", "1024", env=env, name="engine")
+            ids = await engines.wait(count)
+            (new,) = set(ids) - set(procs)
+            procs[new] = proc
+        router_rt, router_task = await start_router(settings, model)
+        router = await router_client(rt, model)
+        talks = [Conversation(seed, first=200, more=40) for seed in range(2)]
+        owner = {}
+        for talk in talks:
+            owner[talk.seed] = await turn(router, engines, talk.next_prompt())
+            await router_in_sync(rt, model, engines, owner[talk.seed])
+        assert set(owner.values()) == set(procs)
+        for talk in talks:
+            before = (await engines.stats())[owner[talk.seed]]["cached_tokens"]
+            assert await turn(router, engines, talk.next_prompt()) == owner[talk.seed]
+            after = (await engines.stats())[owner[talk.seed]]["cached_tokens"]
+            assert after - before >= 200  # the first turn's prompt came from the cache
+        assert (await router_stats(rt, model))["kv_hits"] == 2
+
+        talk = talks[0]
+        dead = owner[talk.seed]
+        (survivor,) = set(procs) - {dead}
+        os.kill(procs[dead].pid, signal.SIGKILL)
+        procs[dead].wait()
+        assert await turn(router, engines, talk.next_prompt()) == survivor
+        await stop_router(router_rt, router_task)

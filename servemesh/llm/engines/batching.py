@@ -260,7 +260,7 @@ class Batcher:
                     self._step(updates, changes)
                 if updates or changes:
                     self._send(updates, changes)
-                if not self._running and not self._incoming:
+                if not self._running and not self._incoming and not self._waiting:
                     self._wake.wait()
                     self._wake.clear()
         except BaseException as exc:  # the model failed for good: every request learns it
