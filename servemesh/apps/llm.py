@@ -139,4 +139,5 @@ def _shared(runtime: DistributedRuntime) -> MemoryDiscovery | None:
     return MemoryDiscovery(runtime.discovery.store) if isinstance(runtime.discovery, MemoryDiscovery) else None
 
 
-__all__ = ["ENGINES", "LLAMACPP_OPTIONS", "add_engine_arguments", "engine_class", "engine_kwargs", "engine_options", "make_tokenizer", "serve_pipeline", "start_frontend"]
+__all__ = ["ENGINES", "LLAMACPP_OPTIONS", "add_engine_arguments", "engine_class", "engine_kwargs", "engine_options",
+           "make_tokenizer", "serve_pipeline", "start_frontend"]

@@ -71,7 +71,7 @@ async def stats(rt: DistributedRuntime) -> dict[str, Any]:
 async def test_deterministic_greedy_is_the_same_batched_alone_and_after_a_prefix_hit(tokenizer):
     # eight short chats, 40 tokens each: in the default mode some of these answers differ
     # batched and alone (llama.cpp rounds by batch shape); deterministic mode must not
-    prompts = [chat(tokenizer, q, system=None) for q in QUESTIONS + ["List the days of the week.", "Count to ten."]]
+    prompts = [chat(tokenizer, q, system=None) for q in [*QUESTIONS, "List the days of the week.", "Count to ten."]]
     async with engine(slots=8, deterministic=True) as (rt, client):
         together = await asyncio.gather(*(answer(client, tokenizer, p, max_tokens=40) for p in prompts))
         one_by_one = [await answer(client, tokenizer, p, max_tokens=40) for p in prompts]
@@ -80,8 +80,8 @@ async def test_deterministic_greedy_is_the_same_batched_alone_and_after_a_prefix
         # second turns after a shared system prompt: their prefix is in the slots already
         firsts = [chat(tokenizer, q) for q in QUESTIONS[:4]]
         answers = await asyncio.gather(*(answer(client, tokenizer, p) for p in firsts))
-        follow_ups = [p + a + tokenizer.encode("<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n"
-                                                "<start_of_turn>model\n") for p, a in zip(firsts, answers)]
+        more = tokenizer.encode("<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n")
+        follow_ups = [p + a + more for p, a in zip(firsts, answers, strict=True)]
         before = await stats(rt)
         warm = await asyncio.gather(*(answer(client, tokenizer, p) for p in follow_ups))
         after = await stats(rt)
@@ -165,7 +165,7 @@ async def test_seeded_sampling_does_not_depend_on_the_batch(tokenizer):
     async def sampled(client: Any) -> list[int]:
         return await answer(client, tokenizer, prompt, max_tokens=16, temperature=0.9, seed=1234)
 
-    async with engine(slots=4, deterministic=True) as (rt, client):
+    async with engine(slots=4, deterministic=True) as (_rt, client):
         alone = await sampled(client)
         crowd = await asyncio.gather(sampled(client), *(answer(client, tokenizer, chat(tokenizer, q))
                                                           for q in QUESTIONS[:3]))

@@ -130,7 +130,7 @@ async def test_concurrent_requests_get_what_they_get_one_at_a_time(deterministic
 
 
 async def test_a_follow_up_turn_reuses_the_cached_prefix_and_gets_the_cold_answer():
-    batcher, backend = await run_batcher(slots=2)
+    batcher, _backend = await run_batcher(slots=2)
     cold, _ = await run_batcher(slots=2)
     try:
         first = prompt(40, 1)
@@ -176,7 +176,7 @@ async def test_a_shared_prefix_is_copied_from_a_busy_slot_and_slots_stay_consecu
 
 
 async def test_cancelling_one_sequence_frees_its_slot_and_the_others_finish():
-    batcher, backend = await run_batcher(slots=2)
+    batcher, _backend = await run_batcher(slots=2)
     try:
         victim = Sequence(prompt=prompt(10, 1), max_tokens=10_000)
         batcher.submit(victim)
@@ -210,7 +210,7 @@ async def test_a_full_engine_queues_then_refuses():
 
 
 async def test_a_stop_token_ends_the_answer_with_stop():
-    batcher, backend = await run_batcher(slots=1)
+    batcher, _backend = await run_batcher(slots=1)
     try:
         tokens = prompt(6, 4)
         free = await generate(batcher, tokens, max_tokens=5)

@@ -26,7 +26,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from typing import Any, Protocol
 
 from ...errors import Overloaded, ServemeshError
@@ -246,8 +247,8 @@ class Batcher:
                 seq.error = error
             seq.wake.set()
         if self.on_cache is not None:
-            for slot, tokens in changes:
-                self.on_cache(slot, tokens)
+            for slot_id, held in changes:
+                self.on_cache(slot_id, held)
 
     # -- the decode thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -311,9 +312,10 @@ class Batcher:
 
         Reusable: any common prefix; when deterministic, only the prompt-chunk part of a
         slot's cache, down to a chunk boundary (so the rest of the prompt is computed in
-        the very chunks a cold start would use). The slot taken keeps the running slots consecutive (llama.cpp decodes consecutive
-        sequences in one pass): a free slot holding the prefix if it can, else the least
-        recently used one, with the prefix copied in from wherever it is."""
+        the very chunks a cold start would use). The slot taken keeps the running slots
+        consecutive (llama.cpp decodes consecutive sequences in one pass): a free slot
+        holding the prefix if it can, else the least recently used one, with the prefix
+        copied in from wherever it is."""
         free = [s for s in self.slots if s.seq is None]
         if not free:
             return None
@@ -408,38 +410,38 @@ class Batcher:
         except DecodeFailed as exc:
             error: BaseException = (Overloaded(self.name, len(self.slots)) if exc.code == 1
                                     else EngineFault(str(exc)))
-            for seq, _ in plan:
-                if seq is not None:
-                    updates.append((seq, [], None, error))
-                    self._release(seq)
+            for owner, _ in plan:
+                if owner is not None:
+                    updates.append((owner, [], None, error))
+                    self._release(owner)
             self._running = [s for s in self._running if s.slot is not None]
             return
         self.stats.steps += 1
-        for (seq, take), (_, tokens, _, _, _), token in zip(plan, entries, sampled):
-            if seq is None:
+        for (owner, take), (_, tokens, _, _, _), token in zip(plan, entries, sampled, strict=False):
+            if owner is None:
                 continue
-            slot = seq.slot
-            assert slot is not None
-            before = len(slot.tokens) // self.block
-            slot.tokens.extend(tokens)
+            held = owner.slot
+            assert held is not None
+            before = len(held.tokens) // self.block
+            held.tokens.extend(tokens)
             if take:
-                del seq.pending[:take]
-                slot.prefilled = len(slot.tokens)
-            if len(slot.tokens) // self.block != before:
-                changes.append((slot.id, tuple(slot.tokens)))
+                del owner.pending[:take]
+                held.prefilled = len(held.tokens)
+            if len(held.tokens) // self.block != before:
+                changes.append((held.id, tuple(held.tokens)))
             if token is None:
                 continue
-            seq.generated += 1
+            owner.generated += 1
             self.stats.generated_tokens += 1
             finish = None
-            if token in seq.stop or self.backend.is_end(token):
+            if token in owner.stop or self.backend.is_end(token):
                 finish = "stop"
-            elif seq.generated >= seq.max_tokens:
+            elif owner.generated >= owner.max_tokens:
                 finish = "length"
-            seq.last = token
-            updates.append((seq, [token], finish, None))
+            owner.last = token
+            updates.append((owner, [token], finish, None))
             if finish is not None:
-                self._release(seq)
+                self._release(owner)
         self._running = [s for s in self._running if s.slot is not None]
 
     def _release(self, seq: Sequence) -> None:
@@ -454,4 +456,5 @@ class Batcher:
         seq.slot = None
 
 
-__all__ = ["PAD", "Backend", "BatchStats", "Batcher", "DecodeFailed", "EngineFault", "Sequence", "Slot", "common_prefix"]
+__all__ = ["PAD", "Backend", "BatchStats", "Batcher", "DecodeFailed", "EngineFault", "Sequence", "Slot",
+           "common_prefix"]

@@ -23,7 +23,6 @@ answering slots get stand-in tokens, removed after the step.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import random
@@ -127,7 +126,7 @@ class LlamaBackend:
         code = int(self.ll.llama_decode(self.ctx, b))
         if code != 0:
             raise DecodeFailed(code)
-        for (_, _, _, want, sampler), end, k in zip(entries, ends, where):
+        for (_, _, _, want, sampler), end, k in zip(entries, ends, where, strict=False):
             if want and sampler is not PAD:
                 out[k] = self.sample(end, sampler)
 
