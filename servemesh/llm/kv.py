@@ -367,13 +367,15 @@ class KvChooser:
     """The routing of one request, as a runtime ``Router`` (``Client.generate(..., router=)``).
 
     For each candidate: cost = ``overlap_weight`` * the blocks it would prefill (the
-    request's ``blocks`` less its ``overlaps``) + its ``active`` blocks (those of the
-    requests in flight on it). The lowest wins; ties go to the fewest active blocks, then
-    the fewest streams, then ``tie`` (round robin: with nothing cached and nothing in
-    flight, requests spread). The chosen instance's ``active`` count carries this
-    request's blocks until ``release()``; a failover moves them."""
+    request's ``blocks`` less its ``overlaps``) + its ``active`` blocks: what the requests
+    in flight on it brought that it did not hold (a shared system prompt counts once, as
+    in the engine's cache; every request at least one block). The lowest wins; ties go
+    to the fewest active blocks, then the fewest streams, then ``tie`` (round robin: with
+    nothing cached and nothing in flight, requests spread). The chosen instance's
+    ``active`` count carries this request's share until ``release()``; a failover moves
+    it."""
 
-    __slots__ = ("_holder", "active", "blocks", "choices", "chosen", "overlap_weight", "overlaps", "tie")
+    __slots__ = ("_charge", "_holder", "active", "blocks", "choices", "chosen", "overlap_weight", "overlaps", "tie")
 
     def __init__(self, overlaps: Mapping[int, int], blocks: int, active: dict[int, int], *,
                  overlap_weight: float = 1.0, tie: Router | None = None) -> None:
@@ -387,6 +389,7 @@ class KvChooser:
         #: how many times it was asked: more than once, the first choice failed (a failover)
         self.choices = 0
         self._holder: int | None = None  # the instance whose active count holds our blocks
+        self._charge = 0
 
     def cost(self, instance: int) -> float:
         prefill = max(self.blocks - self.overlaps.get(instance, 0), 0)
@@ -407,7 +410,8 @@ class KvChooser:
                 best = [c for c in best if (active.get(c, 0), load.get(c, 0)) == least]
             pick = best[0] if len(best) == 1 else (self.tie.choose(best, load) if self.tie else min(best))
         self.chosen = self._holder = pick
-        self.active[pick] = self.active.get(pick, 0) + self.blocks
+        self._charge = max(self.blocks - self.overlaps.get(pick, 0), 1)
+        self.active[pick] = self.active.get(pick, 0) + self._charge
         return pick
 
     @property
@@ -420,7 +424,7 @@ class KvChooser:
         holder, self._holder = self._holder, None
         if holder is None:
             return
-        left = self.active.get(holder, 0) - self.blocks
+        left = self.active.get(holder, 0) - self._charge
         if left > 0:
             self.active[holder] = left
         else:

@@ -211,11 +211,22 @@ def test_with_nothing_cached_it_is_least_loaded_and_ties_rotate():
     assert picks == [1, 2, 1, 2]
 
 
+def test_a_shared_prefix_counts_once_in_the_load():
+    """Requests that share a long system prompt load their engine with what is their own."""
+    active: dict[int, int] = {}
+    for _ in range(3):  # three conversations on engine 1, which holds their 40-block system prompt
+        KvChooser({1: 40}, 42, active).choose([1], {})
+    assert active == {1: 6}
+    follow_up = KvChooser({1: 42}, 44, active)  # its earlier turn is on 1
+    assert follow_up.choose([1, 2], {}) == 1  # 2 prefill blocks + 6 in flight beats 44 + 0
+
+
 def test_the_request_blocks_follow_the_choice_and_leave_on_release():
     active: dict[int, int] = {2: 1}
     chooser = KvChooser({1: 3}, 4, active)
-    assert chooser.choose([1, 2], {}) == 1 and active == {1: 4, 2: 1}
-    # 1 failed before its first token: the failover asks again without it
+    # what it brings that instance 1 does not hold: 1 block of 4
+    assert chooser.choose([1, 2], {}) == 1 and active == {1: 1, 2: 1}
+    # 1 failed before its first token: the failover asks again without it (2 holds none of it)
     assert chooser.choose([2], {}) == 2 and active == {2: 5}
     assert chooser.overlap == 0 and chooser.chosen == 2 and chooser.choices == 2
     chooser.release()
