@@ -417,7 +417,7 @@ class Batcher:
             self._running = [s for s in self._running if s.slot is not None]
             return
         self.stats.steps += 1
-        for (owner, take), (_, tokens, _, _, _), token in zip(plan, entries, sampled, strict=False):
+        for (owner, take), (_, tokens, _, _, _), token in zip(plan, entries, sampled, strict=True):
             if owner is None:
                 continue
             held = owner.slot

@@ -126,8 +126,17 @@ class LlamaBackend:
         code = int(self.ll.llama_decode(self.ctx, b))
         if code != 0:
             raise DecodeFailed(code)
-        for (_, _, _, want, sampler), end, k in zip(entries, ends, where, strict=False):
-            if want and sampler is not PAD:
+        rows = [want for _, _, _, want, _ in entries]  # output rows, in batch order
+        greedy = [(rows[:j].count(True), k) for j, ((_, _, _, want, sampler), k) in
+                  enumerate(zip(entries, where, strict=True)) if want and sampler is None]
+        if greedy:  # one argmax over every greedy row: no call (and no GIL hand-over) per row
+            logits = self.np.ctypeslib.as_array(self.ll.llama_get_logits(self.ctx),
+                                                shape=(rows.count(True), self.n_vocab))
+            best = logits.argmax(axis=1).tolist()
+            for row, k in greedy:
+                out[k] = best[row]
+        for (_, _, _, want, sampler), end, k in zip(entries, ends, where, strict=True):
+            if want and sampler is not None and sampler is not PAD:
                 out[k] = self.sample(end, sampler)
 
     def sample(self, index: int, sampler: Any) -> int:
