@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from servemesh import DistributedRuntime, Overloaded, serve
@@ -39,9 +40,9 @@ def chat(tok: GGUFTokenizer, *turns: str, system: str | None = SYSTEM) -> list[i
 
 
 @contextlib.asynccontextmanager
-async def engine(**options: Any) -> AsyncIterator[tuple[DistributedRuntime, Any]]:
+async def engine(system_port: int | None = None, **options: Any) -> AsyncIterator[tuple[DistributedRuntime, Any]]:
     """An embedded runtime serving one llamacpp engine; yields it and a client of generate."""
-    async with DistributedRuntime() as rt:
+    async with DistributedRuntime(system_port=system_port) as rt:
         task = asyncio.create_task(serve(LlamaCppEngine, runtime=rt, model=DEFAULT_MODEL, n_ctx=1024,
                                          n_threads=2, **options))
         try:
@@ -174,9 +175,9 @@ async def test_seeded_sampling_does_not_depend_on_the_batch(tokenizer):
         assert other_seed != alone
 
 
-async def test_the_engine_publishes_the_blocks_its_slots_hold(tokenizer):
+async def test_the_engine_publishes_the_blocks_its_slots_hold_and_its_metrics(tokenizer):
     prompt = chat(tokenizer, QUESTIONS[3])
-    async with engine(slots=2) as (rt, client):
+    async with engine(slots=2, system_port=0) as (rt, client):
         out = await answer(client, tokenizer, prompt, max_tokens=8)
         state_client = await rt.endpoint("inference.engine.kv_state").client()
         (state,) = [i async for i in state_client.generate({}, annotated=False)]
@@ -184,6 +185,16 @@ async def test_the_engine_publishes_the_blocks_its_slots_hold(tokenizer):
         cached = prompt + out[:-1]
         assert set(block_hashes(cached)) <= held and block_hashes(cached)
         assert state["instance"] == rt.instance_id
+        await answer(client, tokenizer, prompt + out[:-1] + [107], max_tokens=2)  # a prefix hit
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{rt.system_url}/metrics")).text
+        metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                   if line.startswith("servemesh_engine_")}
+        model = f'{{model="{DEFAULT_MODEL}"}}'
+        assert metrics[f"servemesh_engine_requests_total{model}"] == 2
+        assert metrics[f"servemesh_engine_prefix_hits_total{model}"] == 1
+        assert metrics[f"servemesh_engine_cached_tokens_total{model}"] >= len(prompt)
+        assert metrics[f"servemesh_engine_slots{model}"] == 2 and metrics[f"servemesh_engine_busy_slots{model}"] == 0
 
 
 async def test_bad_requests_are_refused_before_they_take_a_slot(tokenizer):

@@ -17,6 +17,7 @@ from ..model import resolve_model
 from ..protocol import EngineOutput, EngineRequest
 from . import GenerationStats
 from .batching import Batcher, Sequence
+from .metrics import EngineCollector
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
@@ -41,7 +42,8 @@ class LlamaCppEngine:
     KV-aware routers, and served by ``kv_state``. ``deterministic=True`` makes greedy
     output independent of batching and cache hits (``llama_batch.py``), at a cost in
     throughput when few slots are busy. The decode loop runs in a thread of its own;
-    the event loop only hands tokens over."""
+    the event loop only hands tokens over. The counters are on ``stats`` and, as
+    ``servemesh_engine_*``, on the runtime's Prometheus ``/metrics``."""
 
     def __init__(self, ctx: ServiceContext, model: str, model_path: str | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, slots: int = 4, batch_tokens: int = 512, max_waiting: int = 64,
@@ -67,6 +69,7 @@ class LlamaCppEngine:
         self.batcher: Batcher | None = None
         self.counts = GenerationStats()
         self.kv = KvPublisher(ctx.runtime, model)
+        self.collector: EngineCollector | None = None
 
     @async_init
     async def load(self) -> None:
@@ -87,6 +90,8 @@ class LlamaCppEngine:
                                name=f"{self.ctx.namespace}.{self.ctx.name}.generate", on_cache=self._cached,
                                block=BLOCK_SIZE)
         self.batcher.start()
+        self.collector = EngineCollector(self.batcher, self.model)
+        self.ctx.runtime.metrics.registry.register(self.collector)
         await self.kv.start()
         log.info("model %s loaded in %.1fs", self.model, time.monotonic() - started)
 
@@ -142,6 +147,9 @@ class LlamaCppEngine:
 
     @on_shutdown
     async def close(self) -> None:
+        if self.collector is not None:
+            self.ctx.runtime.metrics.registry.unregister(self.collector)
+            self.collector = None
         await self.kv.close()
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.close)
