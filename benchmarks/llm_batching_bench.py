@@ -27,7 +27,7 @@ for three servers started one at a time (never two at once), in the same run:
   ``-c slots x --ctx-per-slot``, ``-t``/``-tb`` the same threads, and llama-cpp-python's
   own defaults where llama-server's differ, so that both run the same kernels:
   ``--no-repack`` (our ``load_llama`` turns llama.cpp's extra buffer types off),
-  ``-fa off`` and ``--swa-full`` (llama-cpp-python's ``Llama`` defaults); its prompt cache
+  ``-fa on`` (as servemesh's engine in its default mode) and ``--swa-full`` (as servemesh's engine); its prompt cache
   off (``--no-cache-prompt --cache-ram 0 -ctxcp 0``; the prompts are distinct anyway).
   ``--llama-server-args`` adds to that command line.
 
@@ -505,7 +505,7 @@ def make_servers(args: argparse.Namespace, logs: Path, model_path: Path) -> tupl
                 info["llama-server"] = f"{binary}"
                 cmd = [str(binary), "-m", str(model_path), "--alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
                        "--parallel", str(args.slots), "-c", str(args.slots * args.ctx_per_slot),
-                       "-t", str(args.threads), "-tb", str(args.threads), "--no-repack", "-fa", "off", "--swa-full",
+                       "-t", str(args.threads), "-tb", str(args.threads), "--no-repack", "-fa", "on", "--swa-full",
                        "--no-cache-prompt", "--cache-ram", "0", "-ctxcp", "0", "--no-webui",
                        *shlex.split(args.llama_server_args)]
                 servers.append(Server(name, Proc(name, cmd, dict(os.environ), logs, f"{url}/health"), url,
