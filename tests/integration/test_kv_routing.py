@@ -48,6 +48,24 @@ async def start_router(settings: dict, model: str) -> tuple[DistributedRuntime, 
     return rt, task
 
 
+async def start_engines(spawn, engines: Engines, args: list[str], env: dict) -> dict:
+    """Two engine processes, started one at a time to know which process is which instance."""
+    procs = {}
+    for count in (1, 2):
+        proc = spawn(ENGINE, *args, env=env, name="engine")
+        (new,) = set(await engines.wait(count)) - set(procs)
+        procs[new] = proc
+    return procs
+
+
+async def kill_one(procs: dict, dead: int) -> int:
+    """kill -9 the engine ``dead``; returns the other one."""
+    (survivor,) = set(procs) - {dead}
+    os.kill(procs[dead].pid, signal.SIGKILL)
+    procs[dead].wait()
+    return survivor
+
+
 async def stop_router(rt: DistributedRuntime, task: asyncio.Task[None]) -> None:
     rt.request_shutdown()
     await task
@@ -61,13 +79,7 @@ async def test_kv_router_across_processes_follows_caches_survives_restarts_and_k
     env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_NATS": nats.url, "SERVEMESH_LEASE_TTL": "3"}
     async with DistributedRuntime(**settings) as rt:
         engines = await Engines(rt, model).start()
-        # one at a time, to know which process is which instance
-        procs = {}
-        for count in (1, 2):
-            proc = spawn(ENGINE, *engine_args(model), env=env, name="engine")
-            ids = await engines.wait(count)
-            (new,) = set(ids) - set(procs)
-            procs[new] = proc
+        procs = await start_engines(spawn, engines, engine_args(model), env)
         router_rt, router_task = await start_router(settings, model)
         router = await router_client(rt, model)
         assert await subscribers(nats, subject) == 1  # in place before the router registered
@@ -105,9 +117,7 @@ async def test_kv_router_across_processes_follows_caches_survives_restarts_and_k
         # kill -9 the engine of a conversation: its next turn goes to the other engine, no error
         talk = talks[0]
         dead = owner[talk.seed]
-        (survivor,) = set(procs) - {dead}
-        os.kill(procs[dead].pid, signal.SIGKILL)
-        procs[dead].wait()
+        survivor = await kill_one(procs, dead)
         assert await turn(router, engines, talk.next_prompt()) == survivor
         assert (await router_stats(rt, model))["failovers"] == 1  # the dead engine was its first choice
 
@@ -136,13 +146,8 @@ async def test_kv_router_over_two_llamacpp_engines_follows_the_real_prefix_cache
     env = {"SERVEMESH_ETCD": etcd.url, "SERVEMESH_NATS": nats.url, "SERVEMESH_LEASE_TTL": "3"}
     async with DistributedRuntime(**settings) as rt:
         engines = await Engines(rt, model).start()
-        procs = {}
-        for count in (1, 2):
-            proc = spawn(ENGINE, "--engine", "llamacpp", "--model", model, "--model-path", gguf, "--slots", "2",
-                         "--threads", "1", "--context-length", "1024", env=env, name="engine")
-            ids = await engines.wait(count)
-            (new,) = set(ids) - set(procs)
-            procs[new] = proc
+        procs = await start_engines(spawn, engines, ["--engine", "llamacpp", "--model", model, "--model-path", gguf,
+                                                     "--slots", "2", "--threads", "1", "--context-length", "1024"], env)
         router_rt, router_task = await start_router(settings, model)
         router = await router_client(rt, model)
         talks = [Conversation(seed, first=200, more=40) for seed in range(2)]
@@ -158,10 +163,6 @@ async def test_kv_router_over_two_llamacpp_engines_follows_the_real_prefix_cache
             assert after - before >= 200  # the first turn's prompt came from the cache
         assert (await router_stats(rt, model))["kv_hits"] == 2
 
-        talk = talks[0]
-        dead = owner[talk.seed]
-        (survivor,) = set(procs) - {dead}
-        os.kill(procs[dead].pid, signal.SIGKILL)
-        procs[dead].wait()
-        assert await turn(router, engines, talk.next_prompt()) == survivor
+        survivor = await kill_one(procs, owner[talks[0].seed])
+        assert await turn(router, engines, talks[0].next_prompt()) == survivor
         await stop_router(router_rt, router_task)
