@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from proc_cpu import tree_cpu  # benchmarks/ is on sys.path when a benchmark runs as a script
+from procs import stop_group, tree_cpu  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 from servemesh.tensors.proto import grpc_predict_v2_pb2 as pb2
 
@@ -315,16 +315,7 @@ def wait_registered(server: Server, timeout: float) -> None:
 
 def stop_server(server: Server) -> None:
     proc, server.proc = server.proc, None
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 15)
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
+    stop_group(proc)
 
 
 def ensure_venv(peers_dir: Path, package: tuple[str, str], install: bool) -> Path:

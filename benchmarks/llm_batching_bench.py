@@ -110,7 +110,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from proc_cpu import tree_cpu  # benchmarks/ is on sys.path when a benchmark runs as a script
+from procs import stop_group, tree_cpu  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REF = "22931a5"
@@ -195,16 +195,7 @@ class Proc:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(5)
-        except ProcessLookupError:
-            pass
+        stop_group(proc)
 
 
 def servemesh_env(tree: Path, logs: Path, **extra: str) -> dict[str, str]:

@@ -101,7 +101,7 @@ def prompt(n: int, seed: int) -> list[int]:
 
 async def run_batcher(slots: int = 4, **options: Any) -> tuple[Batcher, FakeBackend]:
     backend = FakeBackend(slots, deterministic=options.pop("deterministic", False), chunk=options.pop("chunk", 8))
-    batcher = Batcher(backend, asyncio.get_running_loop(), slots=slots, n_ctx=4096,
+    batcher = Batcher(backend, asyncio.get_running_loop(), slots=slots,
                       batch_tokens=options.pop("batch_tokens", 64), **options)
     batcher.start()
     return batcher, backend

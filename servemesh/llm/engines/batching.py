@@ -110,11 +110,6 @@ class Sequence:
     reused: int = 0
     sampler: Any = None
 
-    @property
-    def reserve(self) -> int:
-        """KV cells this sequence may need at most."""
-        return len(self.prompt) + self.max_tokens
-
 
 @dataclasses.dataclass(eq=False)
 class Slot:
@@ -164,20 +159,19 @@ class Batcher:
     """The decode loop over ``slots`` sequences of one context.
 
     ``submit`` (event loop) queues a :class:`Sequence`; at most ``max_waiting`` wait for
-    a slot, then :class:`Overloaded`. ``n_ctx`` is the context of one slot; a request
-    must fit in it (the engine checks before submitting). ``batch_tokens`` bounds the
+    a slot, then :class:`Overloaded`. A request must fit in one slot's context (the
+    engine checks before submitting). ``batch_tokens`` bounds the
     tokens of one step (decode tokens first, then prompt chunks). ``on_cache`` is
     called on the event loop when a slot's cached tokens change by a whole
     ``block`` (for KV events)."""
 
-    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, *, slots: int, n_ctx: int,
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, *, slots: int,
                  batch_tokens: int = 512, max_waiting: int = 64, name: str = "engine",
                  on_cache: Callable[[int, tuple[int, ...]], None] | None = None, block: int = 16) -> None:
         if slots < 1 or batch_tokens < slots:
             raise ValueError(f"need slots >= 1 and batch_tokens >= slots (got {slots}, {batch_tokens})")
         self.backend = backend
         self.loop = loop
-        self.n_ctx = n_ctx
         self.batch_tokens = batch_tokens
         self.max_waiting = max_waiting
         self.name = name

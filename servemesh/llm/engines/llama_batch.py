@@ -168,9 +168,6 @@ class LlamaBackend:
             end = self._ends[token] = bool(self.ll.llama_vocab_is_eog(self.vocab, token))
         return end
 
-    def eos(self) -> int:
-        return int(self.ll.llama_vocab_eos(self.vocab))
-
     def trim(self, slot: int, keep: int) -> bool:
         return bool(self.ll.llama_memory_seq_rm(self.mem, slot, keep, -1))
 
@@ -197,12 +194,4 @@ class LlamaBackend:
             self.model = None
 
 
-def check_size(n_ctx: int, slots: int) -> None:
-    """llama.cpp wants the whole cache a multiple of 256 cells per stream."""
-    if n_ctx % 256:
-        raise ConfigError(f"the context length ({n_ctx}) must be a multiple of 256 for the batching engine")
-    if slots < 1 or slots > 256:
-        raise ConfigError(f"slots must be between 1 and 256, not {slots}")
-
-
-__all__ = ["LlamaBackend", "check_size"]
+__all__ = ["LlamaBackend"]

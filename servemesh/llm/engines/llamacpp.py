@@ -85,7 +85,7 @@ class LlamaCppEngine:
         self.backend = await asyncio.to_thread(
             LlamaBackend, path, slots=self.slots, n_ctx=self.n_ctx, batch_tokens=self.batch_tokens,
             n_threads=self.n_threads, deterministic=self.deterministic)
-        self.batcher = Batcher(self.backend, asyncio.get_running_loop(), slots=self.slots, n_ctx=self.n_ctx,
+        self.batcher = Batcher(self.backend, asyncio.get_running_loop(), slots=self.slots,
                                batch_tokens=self.batch_tokens, max_waiting=self.max_waiting,
                                name=f"{self.ctx.namespace}.{self.ctx.name}.generate", on_cache=self._cached,
                                block=BLOCK_SIZE)

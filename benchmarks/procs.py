@@ -1,8 +1,10 @@
-"""CPU seconds of a process and its descendants, from Linux /proc (shared by the benchmarks)."""
+"""Process helpers the benchmarks share: CPU seconds of a process tree (Linux /proc), and
+stopping a server started in a process group of its own."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 
 def _tree(pid: int) -> list[int]:
@@ -31,3 +33,17 @@ def tree_cpu(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / tick
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a server's process group, then SIGKILL if it is not gone in 20 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
