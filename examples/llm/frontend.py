@@ -10,11 +10,13 @@ import argparse
 
 import servemesh
 from servemesh import DistributedRuntime, worker
+from servemesh.apps import settle_heap
 from servemesh.apps.llm import start_frontend
 
 
 async def main(runtime: DistributedRuntime, host: str, port: int) -> None:
     server = await start_frontend(runtime, host, port)
+    settle_heap()
     try:
         await runtime.wait_stopped()
     finally:

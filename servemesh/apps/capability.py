@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import secrets
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ..runtime import DistributedRuntime
 from ..runtime.discovery.memory import MemoryDiscovery, MemoryStore
 from ..runtime.discovery.overlay import OverlayDiscovery
 from ..runtime.tasks import own_error
+from . import settle_heap
 
 log = logging.getLogger("servemesh.capability")
 
@@ -186,14 +186,6 @@ async def _keep_registered(runtime: DistributedRuntime, registrar: Registrar) ->
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
         await asyncio.shield(registrar.unregister())
-
-
-def settle_heap() -> None:
-    """Move what start-up allocated (modules, FastAPI's and pydantic's tables) out of the
-    garbage collector's sight: it lives as long as the process, and scanning it in every
-    full collection stalled requests for tens of milliseconds (p99)."""
-    gc.collect()
-    gc.freeze()
 
 
 def wire_text(labels: dict[str, Any]) -> str:

@@ -35,7 +35,8 @@ from ..http import HttpServer
 from ..objects import ObjectStoreSettings, open_objects
 from ..runtime import DistributedRuntime
 from ..runtime.discovery.memory import MemoryStore
-from .capability import api_server_runtime, settle_heap
+from . import settle_heap
+from .capability import api_server_runtime
 
 log = logging.getLogger("servemesh.gateway")
 

@@ -21,6 +21,7 @@ from ..runtime import DistributedRuntime
 from ..runtime.discovery.memory import MemoryDiscovery
 from ..runtime.tasks import own_error
 from ..sdk import serve
+from . import settle_heap
 
 log = logging.getLogger("servemesh.llm")
 
@@ -120,6 +121,7 @@ async def serve_pipeline(runtime: DistributedRuntime, *, engine: str = "llamacpp
                     await rt.wait_served(ENGINE_PATH)
                 await runtime.wait_served(PROCESSOR_PATH)
                 server = await start_frontend(runtime, host, port)
+                settle_heap()
                 try:
                     if on_ready is not None:
                         on_ready(server.url, model)

@@ -23,6 +23,7 @@ from ..errors import (
     ValidationError,
 )
 from ..runtime import Client, Context, ResponseStream
+from ..runtime.ready import ready_batches
 from ..runtime.records import InstanceRecord
 from ..runtime.routing import LeastLoaded
 from ..tensors import InferResponse
@@ -217,21 +218,12 @@ class CapabilityRouter:
             load.pop(iid, None)
 
     async def _rest(self, response: ResponseStream, iid: int) -> AsyncIterator[list[Any]]:
+        batches = ready_batches(response)  # what arrived together goes on together
         try:
-            items = response.__aiter__()
-            async for item in items:
-                ready = response.buffered
-                if not ready:
-                    yield [item]
-                    continue
-                batch = [item]
-                for _ in range(min(ready, 256)):  # already here: no waiting
-                    try:
-                        batch.append(await items.__anext__())
-                    except StopAsyncIteration:
-                        break
+            async for batch in batches:
                 yield batch
         finally:
+            await batches.aclose()
             self._release(iid)
             await response.aclose()
 

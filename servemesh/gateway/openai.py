@@ -10,9 +10,14 @@ listener, and the processor and engine calls share its context.
 Work per request is bounded: the request models bound every field
 (``openai_models``), ``max_tokens`` is checked against the model's context length
 (the processors' ``context_length`` capability; the processor checks the prompt
-too), and the loops that relay tokens yield to the event loop every
+too), and the loops that relay tokens yield to the event loop at least every
 :data:`YIELD_EVERY` items, so one huge answer in an embedded pipeline (where the
 engine runs in the frontend's own task) never starves other requests or signals.
+
+Streams are relayed by what is ready (``runtime.ready.ready_batches``): the tokens
+that arrived together become their chunks (one per token, each rendered from the
+request's prepared prefix and suffix, no model or dict per token) written in one
+send; the first token is never held back to wait for others.
 
 Health, metrics, admission control, request ids and the mapping of errors to
 HTTP come from the gateway kit; this module has the routes and the error shape.
@@ -27,6 +32,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, Request
 from prometheus_client import Histogram
 from starlette.responses import JSONResponse, Response
@@ -34,10 +40,13 @@ from starlette.responses import JSONResponse, Response
 from ..errors import NoInstancesError, ServemeshError
 from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams
 from ..runtime import Client, Context, DistributedRuntime, ResponseStream
+from ..runtime.ready import ready_batches
 from .kit import DONE, ApiError, GatewayKit, GatewayMetrics, event, event_stream
 from .openai_models import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
 log = logging.getLogger("servemesh.gateway.openai")
+
+_encode = msgspec.json.Encoder().encode
 
 #: relayed items between two yields to the event loop
 YIELD_EVERY = 64
@@ -208,44 +217,91 @@ class OpenAIFrontend:
 
     async def _sse(self, kind: str, ident: str, model: str, first: ProcessorOutput, response: ResponseStream,
                    include_usage: bool, subject: str) -> AsyncIterator[bytes]:
-        created = int(time.time())
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        chunks = Chunks(kind, ident, model)
 
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> bytes:
-            if kind == "chat":
-                delta: dict[str, Any] = {}
-                if role:
-                    delta["role"] = "assistant"
-                if text is not None:
-                    delta["content"] = text
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return event({"id": ident, "object": obj, "created": created, "model": model, "choices": [choice]})
+        def ending(out: ProcessorOutput) -> bytes:
+            frames = [chunks.chunk(None if kind == "chat" else "", out.finish_reason)]
+            if include_usage:
+                frames.append(chunks.usage(_usage(out)))
+            frames.append(DONE)
+            return b"".join(frames)
 
+        def tokens(out: ProcessorOutput, frames: list[bytes]) -> None:
+            if out.pieces is not None:  # several tokens' text: still one chunk per token
+                text, at = out.text, 0
+                for length in out.pieces:
+                    frames.append(chunks.token(text[at:at + length]))
+                    at += length
+            elif out.finish_reason is None or out.text:
+                frames.append(chunks.token(out.text))
+
+        batches = ready_batches(response)
         try:
             out = first
-            yield chunk(out.text, None, role=True)
-            relayed = 0
-            while out.finish_reason is None:
-                out = ProcessorOutput.model_validate(await response.__anext__())
-                if out.finish_reason is None or out.text:
-                    yield chunk(out.text, None)
-                relayed += 1
-                if relayed % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # a fast engine in this task must not starve the loop
-            yield chunk(None if kind == "chat" else "", out.finish_reason)
-            if include_usage:
-                yield event({"id": ident, "object": obj, "created": created, "model": model, "choices": [],
-                             "usage": _usage(out)})
-            yield DONE
-        except StopAsyncIteration:
+            start = first.text[:first.pieces[0]] if first.pieces else first.text
+            frames = [chunks.chunk(start, None, role=True)]
+            if first.pieces:
+                tokens(ProcessorOutput(text=first.text[len(start):], pieces=first.pieces[1:]), frames)
+            if out.finish_reason is not None:
+                frames.append(ending(out))
+                yield b"".join(frames)
+                return
+            yield b"".join(frames)
+            async for batch in batches:  # what was ready together is written together
+                frames = []
+                for item in batch:
+                    out = ProcessorOutput.model_validate(item)
+                    tokens(out, frames)
+                    if out.finish_reason is not None:
+                        frames.append(ending(out))
+                        yield b"".join(frames)
+                        return
+                yield b"".join(frames)
             yield self.kit.sse_error(ApiError(502, "the stream ended without a finish reason",
                                               type="upstream_error", code="stream_incomplete"))
         except ServemeshError as exc:
             yield self.kit.sse_error(exc, subject)
         finally:
+            await batches.aclose()
             await response.aclose()  # on disconnect too: cancels the processor and the engine
+
+
+class Chunks:
+    """One streamed answer's SSE chunks. A token's chunk is the answer's prepared prefix,
+    the text as JSON and a fixed suffix: byte for byte what encoding the whole chunk
+    object would make, without building it."""
+
+    __slots__ = ("head", "kind", "prefix", "suffix")
+
+    def __init__(self, kind: str, ident: str, model: str) -> None:
+        self.kind = kind
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.head = {"id": ident, "object": obj, "created": int(time.time()), "model": model}
+        opening = b',"choices":[{"index":0,"delta":{"content":' if kind == "chat" else b',"choices":[{"index":0,"text":'
+        self.prefix = b"data: " + _encode(self.head)[:-1] + opening
+        closing = b'},"finish_reason":null,"logprobs":null}]}' if kind == "chat" else \
+            b',"finish_reason":null,"logprobs":null}]}'
+        self.suffix = closing + b"\n\n"
+
+    def token(self, text: str) -> bytes:
+        """The chunk of one token's text."""
+        return self.prefix + _encode(text) + self.suffix
+
+    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> bytes:
+        """Any chunk: the first (with the role), the last (with the finish reason)."""
+        if self.kind == "chat":
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return event({**self.head, "choices": [choice]})
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        return event({**self.head, "choices": [], "usage": usage})
 
 
 async def _first(response: ResponseStream) -> ProcessorOutput:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from ..errors import ValidationError
 from ..runtime import Client, Context
+from ..runtime.ready import ready_batches
 from ..sdk import ServiceContext, async_init, endpoint, service
 from .protocol import EngineOutput, EngineRequest, ProcessorOutput, ProcessorRequest
 from .text import IncrementalDetokenizer, StopMatcher
@@ -83,19 +84,30 @@ class Processor:
         stops = StopMatcher(request.stop)
         produced = 0
         finish = "length"
-        async for item in self.engine.generate(engine_request, context=context, annotated=False):
-            out = EngineOutput.model_validate(item)
-            produced += len(out.token_ids)
-            text, hit = stops.push(detok.push(out.token_ids))
-            if hit:
-                finish = "stop"
-                if text:
-                    yield ProcessorOutput(text=text)
-                break  # leaving the loop cancels the engine's generation
-            if text:
-                yield ProcessorOutput(text=text)
-            if out.finish_reason is not None:
-                finish = out.finish_reason  # the engine's stream ends right after this item
+        stream = self.engine.generate(engine_request, context=context, annotated=False)
+        batches = ready_batches(stream)
+        try:
+            async for batch in batches:  # the engine's tokens that were ready together, relayed together
+                pieces: list[str] = []
+                hit = False
+                for item in batch:
+                    out = EngineOutput.model_validate(item)
+                    produced += len(out.token_ids)
+                    text, hit = stops.push(detok.push(out.token_ids))
+                    if text:
+                        pieces.append(text)
+                    if hit:
+                        finish = "stop"
+                        break
+                    if out.finish_reason is not None:
+                        finish = out.finish_reason  # the engine's stream ends right after this item
+                if pieces:
+                    yield _output(pieces)
+                if hit:
+                    break  # leaving the loop cancels the engine's generation
+        finally:
+            await batches.aclose()
+            await stream.aclose()
         if not stops.stopped:
             tail, _ = stops.push(detok.flush())
             tail += stops.flush()
@@ -103,3 +115,10 @@ class Processor:
                 yield ProcessorOutput(text=tail)
         yield ProcessorOutput(finish_reason=finish, prompt_tokens=len(token_ids),  # type: ignore[arg-type]
                               completion_tokens=produced)
+
+
+def _output(pieces: list[str]) -> ProcessorOutput:
+    """One item for the text of several tokens (``ProcessorOutput.pieces``)."""
+    if len(pieces) == 1:
+        return ProcessorOutput(text=pieces[0])
+    return ProcessorOutput(text="".join(pieces), pieces=[len(p) for p in pieces])

@@ -46,9 +46,15 @@ class ProcessorRequest(BaseModel):
 
 
 class ProcessorOutput(BaseModel):
-    """Processor → frontend, streamed: text deltas, then finish reason and usage."""
+    """Processor → frontend, streamed: text deltas, then finish reason and usage.
+
+    Tokens that were ready together travel in one item: ``text`` is all of their
+    text, and ``pieces`` (when there are several) the lengths of the per-token
+    pieces it is made of, in order, so the frontend can still stream one delta per
+    token."""
 
     text: str = ""
+    pieces: list[int] | None = None
     finish_reason: Literal["stop", "length"] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

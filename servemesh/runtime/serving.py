@@ -23,6 +23,7 @@ from .context import Context
 from .errortable import as_servemesh_error
 from .handler import AdaptedHandler
 from .metrics import EndpointMetrics
+from .ready import Resumed
 from .tasks import TaskSet
 
 log = logging.getLogger("servemesh.serving")
@@ -267,7 +268,7 @@ class Call:
         if self._tasks is None:
             closing.close()
             return
-        self._closing = self._tasks.spawn(_finish(_Resumed(closing, first)), name=f"close {self.ep.path}")
+        self._closing = self._tasks.spawn(_finish(Resumed(closing, first)), name=f"close {self.ep.path}")
 
     async def _close_handler(self) -> None:
         closing = self._closing
@@ -313,33 +314,7 @@ class Call:
         return self._interrupt
 
 
-class _Resumed:
-    """Await the rest of an awaitable that was already stepped once (it yielded ``first``)."""
-
-    __slots__ = ("_aw", "_first")
-
-    def __init__(self, aw: Any, first: Any) -> None:
-        self._aw = aw
-        self._first = first
-
-    def __await__(self) -> Any:
-        value = self._first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = self._aw.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = self._aw.send(sent)
-                except StopIteration:
-                    return
-
-
-async def _finish(resumed: _Resumed) -> None:
+async def _finish(resumed: Resumed) -> None:
     await resumed
 
 

@@ -1,8 +1,8 @@
 """Work that stops when the client leaves, for answers that are not streamed.
 
-Starlette's ``StreamingResponse`` runs its body next to a disconnect listener; a
-plain response has none, so a client that hangs up while its answer is computed
-would leave the work running. :func:`unless_disconnected` runs the work with a
+A plain response has no disconnect listener, so a client that hangs up while its
+answer is computed would leave the work running (the kit's ``EventStream`` uses
+the same listener for a stream's body). :func:`unless_disconnected` runs the work with a
 listener on ``receive`` beside it; whichever ends first stops the other, and a
 departed client becomes :class:`~servemesh.errors.Cancelled` (499 in the metrics;
 nobody reads the answer).
