@@ -18,16 +18,19 @@ connection to one of them. The supervisor serves nothing itself.
   stops the group: the supervisor exits with status 1 rather than restart it forever.
 - No orphans: each worker watches the supervisor (multiprocessing's parent sentinel,
   a pipe that closes when the supervisor dies, even by SIGKILL) and then shuts down.
-- The group's private directory (a temporary one, removed at exit) holds the
-  workers' metrics sockets (``gateway/kit/peers.py``).
+- The group's private directory (a temporary one, removed at exit, by the last
+  orphaned worker if the supervisor was killed) holds the workers' metrics sockets
+  (``gateway/kit/peers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import socket
@@ -231,7 +234,11 @@ async def _serve(main: Main, settings: Settings, seat: Seat) -> None:
     sentinel = parent.sentinel if parent is not None else None
     async with DistributedRuntime(settings) as runtime:
 
+        orphan = False
+
         def orphaned(fd: int) -> None:
+            nonlocal orphan
+            orphan = True
             log.warning("worker %d: the supervisor is gone: shutting down", seat.index)
             loop.remove_reader(fd)
             runtime.request_shutdown()
@@ -243,6 +250,9 @@ async def _serve(main: Main, settings: Settings, seat: Seat) -> None:
         finally:
             if sentinel is not None:
                 loop.remove_reader(sentinel)
+            if orphan:  # the supervisor cannot remove the group's directory: the last worker out does
+                with contextlib.suppress(OSError):
+                    os.rmdir(seat.directory)
 
 
 __all__ = ["KILL_AFTER", "Main", "Seat", "Supervisor", "serve_workers"]
