@@ -150,7 +150,8 @@ class Supervisor:
         timeout = None if not self._stopping else max(0.0, self._deadline - time.monotonic())
         ready = wait([wake, *by_pipe, *by_sentinel], timeout)
         if not ready:  # past the deadline
-            log.warning("workers still running %.0f s after the signal: killing them", timeout or 0)
+            log.warning("workers still running %.0f s after they were asked to stop: killing them",
+                        self.settings.drain_timeout + KILL_AFTER)
             self._kill_all()
             return
         if wake in ready:

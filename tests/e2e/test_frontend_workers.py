@@ -71,7 +71,8 @@ def chat_requests(text: str) -> float:
     return sum(float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix))
 
 
-def test_workers_share_the_port_metrics_sum_them_and_sigterm_stops_all(frontend):
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_workers_share_the_port_metrics_sum_them_and_a_signal_stops_all(frontend, stop):
     url, front = frontend
     workers = ready_workers(url, front)
     processes = tree(front.pid)
@@ -94,7 +95,11 @@ def test_workers_share_the_port_metrics_sum_them_and_sigterm_stops_all(frontend)
     for http, _ in workers.values():
         http.close()
 
-    front.send_signal(signal.SIGTERM)
+    if stop == "sigterm":
+        front.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C: SIGINT to every process of the foreground group
+        for pid in (front.pid, *(p.pid for p in processes)):
+            os.kill(pid, signal.SIGINT)
     assert front.wait(20) == 0
     wait_until(lambda: gone(processes), "the workers to exit", 10)
     with pytest.raises(httpx.ConnectError):
