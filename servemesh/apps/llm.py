@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
+from ..gateway.kit import Peers
 from ..gateway.openai import OpenAIFrontend
 from ..http import HttpServer
 from ..llm.model import DEFAULT_MODEL, resolve_model
@@ -22,6 +24,7 @@ from ..runtime.discovery.memory import MemoryDiscovery
 from ..runtime.tasks import own_error
 from ..sdk import serve
 from . import settle_heap
+from .workers import Seat
 
 log = logging.getLogger("servemesh.llm")
 
@@ -84,15 +87,36 @@ def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer
     return GGUFTokenizer(str(resolve_model(model, model_path)), model)
 
 
-async def start_frontend(runtime: DistributedRuntime, host: str, port: int, **options: Any) -> HttpServer:
+async def start_frontend(runtime: DistributedRuntime, host: str, port: int, *, sock: socket.socket | None = None,
+                         peers: Peers | None = None, **options: Any) -> HttpServer:
     """The OpenAI frontend on ``host:port`` (``options`` go to ``OpenAIFrontend``), with the
-    runtime's HTTP limits and API keys."""
+    runtime's HTTP limits and API keys. One of several workers serves ``sock`` (a socket
+    the group shares) and joins its ``peers`` (started here; the caller closes them)."""
     frontend = await OpenAIFrontend(runtime, **options).start()
-    server = frontend.kit.http_server(host, port)
+    if peers is not None:
+        frontend.kit.join(await peers.start(frontend.kit.local_metrics))
+    server = frontend.kit.http_server(host, port, sock)
     server.start()
-    log.info("OpenAI-compatible frontend on %s (docs: %s/docs)%s", server.url, server.url,
-             " with API keys" if frontend.kit.keys.enabled else "")
+    log.info("OpenAI-compatible frontend on %s (docs: %s/docs)%s%s", server.url, server.url,
+             " with API keys" if frontend.kit.keys.enabled else "",
+             f" as worker {peers.index}" if peers is not None else "")
     return server
+
+
+async def frontend_worker(runtime: DistributedRuntime, seat: Seat, **options: Any) -> None:
+    """One of the frontend's worker processes (``serve_workers``), until the runtime stops."""
+    host, port = seat.sock.getsockname()[:2]
+    peers = Peers(seat.index, seat.directory)
+    try:
+        server = await start_frontend(runtime, host, port, sock=seat.sock, peers=peers, **options)
+        settle_heap()
+        try:
+            seat.started()
+            await runtime.wait_stopped()
+        finally:
+            await server.stop()
+    finally:
+        await peers.close()
 
 
 async def serve_pipeline(runtime: DistributedRuntime, *, engine: str = "llamacpp", model: str = DEFAULT_MODEL,
@@ -142,4 +166,4 @@ def _shared(runtime: DistributedRuntime) -> MemoryDiscovery | None:
 
 
 __all__ = ["ENGINES", "LLAMACPP_OPTIONS", "add_engine_arguments", "engine_class", "engine_kwargs", "engine_options",
-           "make_tokenizer", "serve_pipeline", "start_frontend"]
+           "frontend_worker", "make_tokenizer", "serve_pipeline", "start_frontend"]

@@ -40,6 +40,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0 picks a free port).
+
+    Listening from here on: a client that connects before anyone accepts waits in the
+    backlog, so a socket made here may be handed to other processes that serve it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(backlog)
+    return sock
+
+
 class HttpServer:
     """An ASGI app on ``host:port`` (0 picks a free port), started and stopped by its owner.
 
@@ -48,19 +64,12 @@ class HttpServer:
     the socket are answered in ``shape``. A gateway gets both from ``kit.http_server``."""
 
     def __init__(self, app: Any, host: str, port: int, *, limits: HttpLimits | None = None,
-                 shape: Shape = plain_shape, access_log: bool = False) -> None:
+                 shape: Shape = plain_shape, access_log: bool = False, sock: socket.socket | None = None) -> None:
         self.limits = limits or HttpLimits.default()
         self.guard = ConnectionGuard(self.limits, shape)
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
-        except OSError as exc:
-            self.sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         backlog = max(2048, self.limits.max_connections)
-        # listening from here on: a client that connects before uvicorn accepts waits in the backlog
-        self.sock.listen(backlog)
+        # ``sock``: a socket already listening, shared with other processes (``--workers``)
+        self.sock = sock if sock is not None else listen(host, port, backlog)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         _quiet_uvicorn()

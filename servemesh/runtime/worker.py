@@ -39,17 +39,18 @@ def worker(
     return decorate(fn) if fn is not None else decorate
 
 
-async def run_until_signalled(runtime: DistributedRuntime, main: Awaitable[T]) -> T | None:
-    """Run ``main`` next to the runtime; a signal or a fatal runtime error shuts the
-    runtime down gracefully and then cancels ``main`` if it is still running."""
+async def run_until_signalled(runtime: DistributedRuntime, main: Awaitable[T],
+                              signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)) -> T | None:
+    """Run ``main`` next to the runtime; one of ``signals`` or a fatal runtime error shuts
+    the runtime down gracefully and then cancels ``main`` if it is still running."""
     loop = asyncio.get_running_loop()
     task: asyncio.Task[T] = asyncio.ensure_future(main)
-    signals = 0
+    received = 0
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        nonlocal received
+        received += 1
+        if received == 1:
             log.info("%s received: shutting down gracefully (again to stop at once)",
                      signal.Signals(signum).name)
             runtime.request_shutdown()
@@ -57,7 +58,7 @@ async def run_until_signalled(runtime: DistributedRuntime, main: Awaitable[T]) -
             task.cancel()
 
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
@@ -69,7 +70,7 @@ async def run_until_signalled(runtime: DistributedRuntime, main: Awaitable[T]) -
         try:
             result = await task
         except asyncio.CancelledError:
-            if not (runtime.is_stopping or signals):
+            if not (runtime.is_stopping or received):
                 raise
             result = None
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -35,9 +36,10 @@ from ...log import Throttled
 from ...runtime import Context, DistributedRuntime
 from .disconnect import unless_disconnected
 from .errors import ApiError, Problem, Shape, describe
-from .metrics import PROMETHEUS, GatewayMetrics
+from .metrics import PROMETHEUS, GatewayMetrics, merge_expositions
 from .middleware import KitMiddleware, request_id_of
 from .openapi import document_errors
+from .peers import Peers
 from .raw import Endpoint, RawHandler, RawLane
 from .sse import event
 
@@ -101,6 +103,8 @@ class GatewayKit:
         self.metrics = metrics or GatewayMetrics()
         self.metrics.count_inflight(lambda: self.inflight)  # read when scraped, not kept per request
         self.exempt: frozenset[str] = frozenset(OPS_ROUTES)
+        #: the other workers serving the same port (``join``); ``None``: this process alone
+        self.peers: Peers | None = None
         #: the app ``install`` assembled
         self.app: FastAPI | None = None
         #: what the server serves: ``app``, behind the raw routes if there are any
@@ -143,11 +147,21 @@ class GatewayKit:
             self.asgi = RawLane(app, self, raw_routes)
         return app
 
-    def http_server(self, host: str, port: int) -> HttpServer:
-        """The installed app on ``host:port`` with the socket's limits, refusing in this surface's shape."""
+    def http_server(self, host: str, port: int, sock: socket.socket | None = None) -> HttpServer:
+        """The installed app on ``host:port`` (or ``sock``, already listening) with the socket's
+        limits, refusing in this surface's shape."""
         if self.app is None:
             raise ConfigError(f"the {self.name} gateway has no app yet: call kit.install(app) first")
-        return HttpServer(self.asgi, host, port, limits=self.limits, shape=self.shape)
+        return HttpServer(self.asgi, host, port, limits=self.limits, shape=self.shape, sock=sock)
+
+    def join(self, peers: Peers) -> None:
+        """Serve as one of several workers on one port: ``/metrics`` sums every worker's
+        metrics, and ``/health`` and ``/ready`` name the worker that answered."""
+        self.peers = peers
+
+    def local_metrics(self) -> bytes:
+        """This process's metrics: the gateway's, then the runtime's per-endpoint ones."""
+        return self.metrics.render() + self.runtime.metrics.render()
 
     # -- for the surface's handlers -----------------------------------------------------------
     def request_id(self, request: Request) -> str:
@@ -207,7 +221,8 @@ class GatewayKit:
         return JSONResponse(problem.body(self.shape), status_code=problem.status, headers=problem.headers())
 
     def _info_fields(self) -> dict[str, Any]:
-        return dict(self._info()) if self._info is not None else {}
+        fields = dict(self._info()) if self._info is not None else {}
+        return fields if self.peers is None else {**fields, **self.peers.info()}
 
     async def _health(self) -> JSONResponse:
         ok = not self.runtime.is_stopping
@@ -223,7 +238,10 @@ class GatewayKit:
         return JSONResponse({"ready": ready, **self._info_fields()}, status_code=200 if ready else 503)
 
     async def _metrics(self) -> Response:
-        return Response(self.metrics.render() + self.runtime.metrics.render(), media_type=PROMETHEUS)
+        local = self.local_metrics()
+        if self.peers is None:
+            return Response(local, media_type=PROMETHEUS)
+        return Response(merge_expositions([local, *await self.peers.gather()]), media_type=PROMETHEUS)
 
     async def _failed(self, request: Request, exc: Exception) -> JSONResponse:
         problem = self.describe(exc, getattr(request.state, "subject", None))

@@ -1,15 +1,18 @@
 """A gateway's own Prometheus metrics, in a registry per gateway instance.
 
 Several gateways (or tests) in one process never collide, and ``/metrics`` serves
-this registry followed by the runtime's per-endpoint metrics.
+this registry followed by the runtime's per-endpoint metrics. A gateway served by
+several worker processes (``--workers``) answers with every worker's metrics summed
+(:func:`merge_expositions`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.utils import floatToGoString
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -47,3 +50,40 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merge_expositions(texts: Iterable[bytes]) -> bytes:
+    """Prometheus text expositions of the same metrics from several processes, as one.
+
+    Samples with the same name and labels are summed (counters, histogram buckets, sums and
+    counts, and gauges: the in-flight gauges of several workers add up), except
+    ``*_created`` timestamps, which keep the earliest. Families keep the order in which
+    they first appear; a sample only some processes have is kept as it is."""
+    families: dict[str, tuple[list[str], dict[str, float]]] = {}
+    current: tuple[list[str], dict[str, float]] = families.setdefault("", ([], {}))
+    for text in texts:
+        for line in text.decode().splitlines():
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    current = families.setdefault(parts[2], ([], {}))
+                    if line not in current[0]:
+                        current[0].append(line)
+                continue
+            key, _, value = line.rpartition(" ")
+            if not key:
+                continue
+            samples = current[1]
+            number = float(value)
+            before = samples.get(key)
+            if before is None:
+                samples[key] = number
+            elif key.split("{", 1)[0].endswith("_created"):
+                samples[key] = min(before, number)
+            else:
+                samples[key] = before + number
+    lines: list[str] = []
+    for header, samples in families.values():
+        lines += header
+        lines += [f"{key} {floatToGoString(number)}" for key, number in samples.items()]
+    return "".join(f"{line}\n" for line in lines).encode()
