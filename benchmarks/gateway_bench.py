@@ -1,121 +1,194 @@
-"""W4 of shared/benchmarks/WORKLOADS.md, and real-model throughput.
+"""W4 of shared/benchmarks/WORKLOADS.md: the OpenAI frontend streaming, beside a bare aiohttp SSE server.
 
-    python benchmarks/gateway_bench.py [--duration 8] [--runs 3] [--real]
+    python benchmarks/gateway_bench.py [--duration 8] [--rounds 3]
+    python benchmarks/gateway_bench.py --real-only          # gemma through the pipeline vs llama.cpp
 
-W4: `POST /v1/chat/completions` with `stream: true` through the frontend ->
-processor -> mock engine (100 tokens as fast as it can), beside a minimal
-Starlette/uvicorn SSE endpoint yielding the same 100 tokens, in the same run:
-tokens/s at concurrency 32 and time to first token p50 at concurrency 1.
+W4: `POST /v1/chat/completions`, `stream: true`, 100 tokens, `stream_options.include_usage`,
+driven by the shared aiohttp load client (`../shared/benchmarks/w4/w4_client.py`, keep-alive,
+concurrency 1 and 32, fixed windows; it reports its own CPU so it is visibly not the bottleneck)
+against, in the same run:
 
---real: gemma-3-270m tokens/s through the whole pipeline vs llama.cpp called
-directly in one process, same prompt, greedy, same number of tokens.
+- the reference: the shared bare aiohttp server (`w4/sse_server.py`) yielding the same 100 chunks;
+- servemesh embedded: `examples/llm/pipeline.py --engine mock`, one process;
+- servemesh, three processes: engine, processor and frontend over etcd + TCP (`--workers 1`), and
+  the same with the frontend as two worker processes on one port (`--workers 2`).
+
+Rounds are interleaved (reference, then each servemesh setup, again and again) and medians are
+printed with the ratio to the reference of the same rounds. W2 first-item latency at concurrency 32
+comes from `runtime_bench.py` (its "W2 first item" row), run at the end.
+
+--real: gemma-3-270m tokens/s through the whole pipeline vs llama.cpp called directly in one
+process, same prompt, greedy, same number of tokens.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-N_TOKENS = 100
-BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": N_TOKENS, "stream": True}
+W4 = ROOT.parent / "shared" / "benchmarks" / "w4"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import stop_group  # noqa: E402
 
 
-def minimal_app() -> object:
-    from starlette.applications import Starlette
-    from starlette.responses import StreamingResponse
-    from starlette.routing import Route
-
-    async def chat(request: object) -> StreamingResponse:
-        async def body():  # the same chunk shape the frontend sends
-            for k in range(N_TOKENS):
-                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "mock",
-                         "choices": [{"index": 0, "delta": {"content": chr(97 + k % 26)}, "finish_reason": None}]}
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(body(), media_type="text/event-stream")
-
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-
-
-async def one_stream(http: httpx.AsyncClient, url: str) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    first = 0.0
-    tokens = 0
-    async with http.stream("POST", f"{url}/v1/chat/completions", json=BODY) as resp:
-        resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if line.startswith("data: {") and '"content"' in line:
-                tokens += 1
-                if tokens == 1:
-                    first = time.perf_counter() - t0
-    return tokens, first
-
-
-async def load(url: str, concurrency: int, duration: float,
-               headers: dict[str, str] | None = None) -> tuple[float, float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
-        await one_stream(http, url)  # warm-up
-        total = 0
-        firsts: list[float] = []
-        stop = time.perf_counter() + duration
-        start = time.perf_counter()
-
-        async def worker() -> None:
-            nonlocal total
-            while time.perf_counter() < stop:
-                n, first = await one_stream(http, url)
-                total += n
-                firsts.append(first)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - start), statistics.median(firsts) * 1000
-
-
-def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], url: str | None, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A server in a process group of its own, waited for on ``url`` (an HTTP 200)."""
     from servemesh.testing import wait_http_ok
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http_ok(url, 120, proc)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if url is not None:
+        wait_http_ok(url, 120, proc)
     return proc
+
+
+def group_pids(proc: subprocess.Popen[bytes]) -> list[int]:
+    """The process and its children (a frontend with --workers: the supervisor and its workers)."""
+    pids = [proc.pid]
+    try:
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            with open(f"/proc/{proc.pid}/task/{task}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+class Setup:
+    """One system under test: its processes, its URL, the PIDs whose CPU is reported."""
+
+    def __init__(self, label: str, url: str, procs: list[subprocess.Popen[bytes]], model: str) -> None:
+        self.label = label
+        self.url = url
+        self.procs = procs
+        self.model = model
+
+    def pids(self) -> list[int]:
+        return [p for proc in self.procs for p in group_pids(proc)]
+
+
+def w4_phase(setup: Setup, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(W4 / "w4_client.py"), "--url", setup.url, "--model", setup.model,
+           "--duration", str(args.duration), "--warmup", str(args.warmup), "--phases", str(concurrency),
+           "--pids", ",".join(map(str, setup.pids()))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[7:])
+            if result["errors"]:
+                print(f"  ! {setup.label} c={concurrency}: {result['errors']} errors: {out.stderr[-400:]}")
+            return result
+    raise RuntimeError(f"w4_client gave no result for {setup.label}: {out.stderr[-800:]}")
+
+
+def stack_env(tmp: Path) -> tuple[dict[str, str], Any]:
+    from servemesh.testing import EtcdServer
+
+    etcd = EtcdServer()
+    etcd.start()
+    env = dict(os.environ, SERVEMESH_ETCD=etcd.url, SERVEMESH_TRANSPORT="tcp", SERVEMESH_STATE_DIR=str(tmp / "none"))
+    return env, etcd
 
 
 def w4(args: argparse.Namespace) -> None:
     from servemesh.testing import free_port
 
-    sm_port, base_port = free_port(), free_port()
-    procs = [
-        start([sys.executable, "examples/llm/pipeline.py", "--engine", "mock", "--port", str(sm_port)],
-              f"http://127.0.0.1:{sm_port}/ready"),
-        start([sys.executable, __file__, "--serve-minimal", str(base_port)], f"http://127.0.0.1:{base_port}/health"),
-    ]
+    if not (W4 / "w4_client.py").exists():
+        sys.exit(f"the shared W4 client is not at {W4} (give --w4-dir)")
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    py = sys.executable
+    embedded_env = dict(os.environ, SERVEMESH_STATE_DIR=str(tmp / "none"))  # no recorded stack: embedded
+    env, etcd = stack_env(tmp)
+    setups: list[Setup] = []
     try:
-        rows = []
-        for label, port in (("servemesh frontend", sm_port), ("minimal starlette", base_port)):
-            url = f"http://127.0.0.1:{port}"
-            tps = statistics.median(asyncio.run(load(url, 32, args.duration))[0] for _ in range(args.runs))
-            ttft = statistics.median(asyncio.run(load(url, 1, args.duration))[1] for _ in range(args.runs))
-            rows.append((label, tps, ttft))
-            print(f"  {label:<20} {tps:>10,.0f} tokens/s (c=32)   TTFT p50 {ttft:.2f} ms (c=1)", flush=True)
-        (_, sm_tps, sm_ttft), (_, base_tps, base_ttft) = rows
-        print("\n| W4 | servemesh frontend | minimal Starlette SSE | ratio |\n|---|---:|---:|---:|")
-        print(f"| tokens/s, c=32 | {sm_tps:,.0f} | {base_tps:,.0f} | {sm_tps / base_tps:.2f}x |")
-        print(f"| TTFT p50, c=1 | {sm_ttft:.2f} ms | {base_ttft:.2f} ms | +{sm_ttft - base_ttft:.2f} ms |")
+        port = free_port()
+        ref = start([py, str(W4 / "sse_server.py"), "--port", str(port), "--max-life", "100000"], None, env,
+                    tmp / "ref.log")
+        wait_port(port, ref)
+        setups.append(Setup("bare aiohttp SSE (reference)", f"http://127.0.0.1:{port}/v1/chat/completions",
+                            [ref], "mock"))
+        port = free_port()
+        emb = start([py, "examples/llm/pipeline.py", "--engine", "mock", "--port", str(port)],
+                    f"http://127.0.0.1:{port}/ready", embedded_env, tmp / "embedded.log")
+        setups.append(Setup("servemesh embedded", f"http://127.0.0.1:{port}/v1/chat/completions", [emb], "mock"))
+        engine = start([py, "examples/llm/engine.py", "--engine", "mock", "--model", "mock"], None, env,
+                       tmp / "engine.log")
+        processor = start([py, "examples/llm/processor.py", "--engine", "mock", "--model", "mock"], None, env,
+                          tmp / "processor.log")
+        for workers in args.workers:
+            port = free_port()
+            front = start([py, "examples/llm/frontend.py", "--port", str(port), "--workers", str(workers)],
+                          f"http://127.0.0.1:{port}/ready", env, tmp / f"frontend-{workers}.log")
+            label = f"servemesh 3 processes, --workers {workers}"
+            setups.append(Setup(label, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                [front, processor, engine], "mock"))
+        rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for r in range(args.rounds):
+            for c in (1, 32):
+                for setup in setups:
+                    res = w4_phase(setup, c, args)
+                    rows.setdefault((setup.label, c), []).append(res)
+                    print(f"  round {r + 1} c={c:<2} {setup.label:<36} {res['chunks_per_s']:>10,.0f} tokens/s  "
+                          f"TTFT p50 {res['ttft_p50_ms']:>7.2f} ms  p99 {res['ttft_p99_ms']:>7.2f} ms  "
+                          f"client CPU {res['cpu_client_pct']:>5.1f}%  servers "
+                          f"{sum(res['cpu_servers_pct'].values()):>5.1f}%", flush=True)
+        report(rows, [s.label for s in setups], args)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(20)
+        for setup in setups:
+            for proc in setup.procs:
+                stop_group(proc)
+        etcd.stop()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the reference server exited ({proc.returncode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the reference server did not listen")
+
+
+def report(rows: dict[tuple[str, int], list[dict[str, Any]]], labels: list[str], args: argparse.Namespace) -> None:
+    def med(label: str, c: int, key: str) -> float:
+        return statistics.median(r[key] for r in rows[(label, c)])
+
+    ref = labels[0]
+    print(f"\nW4, medians of {args.rounds} interleaved rounds of {args.duration:g} s, {os.cpu_count()} cores\n")
+    print("| W4 | tokens/s c=1 | TTFT p50 c=1 | tokens/s c=32 | vs reference | TTFT p50 c=32 | TTFT p99 c=32 |"
+          " client CPU c=32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label in labels:
+        t32 = med(label, 32, "chunks_per_s")
+        ratio = t32 / med(ref, 32, "chunks_per_s")
+        print(f"| {label} | {med(label, 1, 'chunks_per_s'):,.0f} | {med(label, 1, 'ttft_p50_ms'):.2f} ms | "
+              f"{t32:,.0f} | {ratio:.2f}x | {med(label, 32, 'ttft_p50_ms'):.2f} ms | "
+              f"{med(label, 32, 'ttft_p99_ms'):.2f} ms | {med(label, 32, 'cpu_client_pct'):.0f}% |")
+
+
+def w2_first_item(args: argparse.Namespace) -> None:
+    """W2 first-item latency at concurrency 32 (runtime_bench's row), servemesh TCP beside raw TCP."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "runtime_bench.py"), "--only", "W2", "--systems", "tcp",
+           "--duration", str(args.duration / 2), "--runs", str(args.rounds)]
+    print("\nW2 (100-item streams over TCP), from runtime_bench.py:", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=False)
 
 
 def real(args: argparse.Namespace) -> None:
@@ -128,7 +201,7 @@ def real(args: argparse.Namespace) -> None:
     llm = load_llama(path, n_ctx=2048, verbose=False, chat_format="gemma")  # the engine's own settings
     messages = [{"role": "user", "content": prompt}]
     direct = []
-    for _ in range(args.runs):
+    for _ in range(args.rounds):
         t0 = time.perf_counter()
         out = llm.create_chat_completion(messages=messages, max_tokens=n, temperature=0.0)
         direct.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t0))
@@ -136,10 +209,13 @@ def real(args: argparse.Namespace) -> None:
               f"{direct[-1]:.1f} tokens/s", flush=True)
     del llm
     port = free_port()
-    proc = start([sys.executable, "examples/llm/pipeline.py", "--port", str(port)], f"http://127.0.0.1:{port}/ready")
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    env = dict(os.environ, SERVEMESH_STATE_DIR=str(tmp / "none"))
+    proc = start([sys.executable, "examples/llm/pipeline.py", "--port", str(port)], f"http://127.0.0.1:{port}/ready",
+                 env, tmp / "pipeline.log")
     try:
         via = []
-        for _ in range(args.runs):
+        for _ in range(args.rounds):
             t0 = time.perf_counter()
             resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300, json={
                 "model": "gemma-3-270m", "messages": messages, "max_tokens": n, "temperature": 0.0})
@@ -147,38 +223,32 @@ def real(args: argparse.Namespace) -> None:
             print(f"  through the pipeline: {resp.json()['usage']['completion_tokens']} tokens, "
                   f"{via[-1]:.1f} tokens/s", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop_group(proc)
     d, v = statistics.median(direct), statistics.median(via)
     print("\n| gemma-3-270m, CPU | tokens/s |\n|---|---:|")
     print(f"| llama.cpp called directly | {d:.1f} |\n| through the servemesh pipeline | {v:.1f} ({v / d:.2f}x) |")
 
 
-def serve_minimal(port: int) -> None:
-    import uvicorn
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-
-    app = minimal_app()
-    app.router.routes.append(Route("/health", lambda r: PlainTextResponse("ok")))  # type: ignore[attr-defined]
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, action="append", help="frontend --workers of the 3-process setup "
+                        "(repeatable; default 1 and 2)")
+    parser.add_argument("--w4-dir", type=Path, help=f"the shared W4 client and server (default {W4})")
+    parser.add_argument("--no-w2", action="store_true", help="skip the W2 first-item rows")
     parser.add_argument("--real", action="store_true", help="also measure gemma through the pipeline")
     parser.add_argument("--real-only", action="store_true", help="only the real-model comparison")
     parser.add_argument("--real-tokens", type=int, default=128)
-    parser.add_argument("--serve-minimal", type=int, help=argparse.SUPPRESS)
     a = parser.parse_args()
-    if a.serve_minimal:
-        serve_minimal(a.serve_minimal)
-    else:
-        os.environ.setdefault("SERVEMESH_STATE_DIR", str(ROOT / "benchmarks" / ".no-stack"))
-        print(f"W4 gateway benchmark: {a.runs} runs x {a.duration}s, {os.cpu_count()} cores")
-        if not a.real_only:
-            w4(a)
-        if a.real or a.real_only:
-            real(a)
+    a.workers = a.workers or [1, 2]
+    if a.w4_dir is not None:
+        W4 = a.w4_dir
+    print(f"W4 gateway benchmark: {a.rounds} rounds x {a.duration}s, {os.cpu_count()} cores", flush=True)
+    if not a.real_only:
+        w4(a)
+        if not a.no_w2:
+            w2_first_item(a)
+    if a.real or a.real_only:
+        real(a)
