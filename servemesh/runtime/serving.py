@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+import types
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Protocol
 
 from ..errors import InstanceUnavailable, Overloaded, ServemeshError, ValidationError
@@ -364,6 +365,19 @@ class ResponseSink(Protocol):
     def error(self, exc: ServemeshError) -> None: ...
 
 
+#: a stream whose items are all ready yields to the event loop after its first item and
+#: then every this many items: new streams' first items, and other streams' items, are
+#: not queued behind its whole bulk (a handler that never waits would otherwise run to
+#: the end, or to its credit window, in one task step)
+FAIR_ITEMS = 16
+
+
+@types.coroutine
+def _yield() -> Generator[None, None, None]:
+    """One trip round the event loop (``asyncio.sleep(0)`` without its checks)."""
+    yield
+
+
 async def drive(call: Call, sink: ResponseSink) -> None:
     """Run ``call`` to completion into ``sink``. Always ends the stream with ``final``,
     ``end`` or ``error``, except when cancelled, where the cancellation propagates
@@ -383,6 +397,7 @@ async def drive(call: Call, sink: ResponseSink) -> None:
         try:
             try:
                 ready = True
+                turn = 1  # the first item goes out before any stream's bulk (see FAIR_ITEMS)
                 async for item in handler:
                     if not ready:
                         await sink.wait_ready()
@@ -390,6 +405,10 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                         ready = sink.send(item._data, item.event, item.comments, item.id)
                     else:
                         ready = sink.send(item, None, None, None)
+                    turn -= 1
+                    if not turn:
+                        turn = FAIR_ITEMS
+                        await _yield()
             finally:
                 await handler.aclose()
         except BaseException as exc:  # the handler's, or an item that cannot go on the wire
