@@ -365,10 +365,11 @@ class ResponseSink(Protocol):
     def error(self, exc: ServemeshError) -> None: ...
 
 
-#: a stream whose items are all ready yields to the event loop after its first item and
-#: then every this many items: new streams' first items, and other streams' items, are
-#: not queued behind its whole bulk (a handler that never waits would otherwise run to
-#: the end, or to its credit window, in one task step)
+#: a stream whose items are all ready yields to the event loop after its first item and,
+#: while other streams of its endpoint are in flight, every this many items: new
+#: streams' first items, and other streams' items, are not queued behind its whole bulk
+#: (a handler that never waits would otherwise run to the end, or to its credit window,
+#: in one task step)
 FAIR_ITEMS = 16
 
 
@@ -397,6 +398,8 @@ async def drive(call: Call, sink: ResponseSink) -> None:
         try:
             try:
                 ready = True
+                ep = call.ep
+                first = True
                 turn = 1  # the first item goes out before any stream's bulk (see FAIR_ITEMS)
                 async for item in handler:
                     if not ready:
@@ -408,7 +411,9 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                     turn -= 1
                     if not turn:
                         turn = FAIR_ITEMS
-                        await _yield()
+                        if first or ep.inflight > 1:  # alone, a stream keeps its writes in few batches
+                            first = False
+                            await _yield()
             finally:
                 await handler.aclose()
         except BaseException as exc:  # the handler's, or an item that cannot go on the wire
