@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+import types
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Protocol
 
 from ..errors import InstanceUnavailable, Overloaded, ServemeshError, ValidationError
@@ -339,6 +340,20 @@ class ResponseSink(Protocol):
     def error(self, exc: ServemeshError) -> None: ...
 
 
+#: a stream whose items are all ready yields to the event loop after its first item and,
+#: while other streams of its endpoint are in flight, every this many items: new
+#: streams' first items, and other streams' items, are not queued behind its whole bulk
+#: (a handler that never waits would otherwise run to the end, or to its credit window,
+#: in one task step)
+FAIR_ITEMS = 16
+
+
+@types.coroutine
+def _yield() -> Generator[None, None, None]:
+    """One trip round the event loop (``asyncio.sleep(0)`` without its checks)."""
+    yield
+
+
 async def drive(call: Call, sink: ResponseSink) -> None:
     """Run ``call`` to completion into ``sink``. Always ends the stream with ``final``,
     ``end`` or ``error``, except when cancelled, where the cancellation propagates
@@ -358,6 +373,9 @@ async def drive(call: Call, sink: ResponseSink) -> None:
         try:
             try:
                 ready = True
+                ep = call.ep
+                first = True
+                turn = 1  # the first item goes out before any stream's bulk (see FAIR_ITEMS)
                 async for item in handler:
                     if not ready:
                         await sink.wait_ready()
@@ -365,6 +383,12 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                         ready = sink.send(item._data, item.event, item.comments, item.id)
                     else:
                         ready = sink.send(item, None, None, None)
+                    turn -= 1
+                    if not turn:
+                        turn = FAIR_ITEMS
+                        if first or ep.inflight > 1:  # alone, a stream keeps its writes in few batches
+                            first = False
+                            await _yield()
             finally:
                 await handler.aclose()
         except BaseException as exc:  # the handler's, or an item that cannot go on the wire

@@ -347,3 +347,32 @@ async def test_client_one_is_a_unary_call_without_a_stream_object(transport):
             await call
         server.request_shutdown()
         await task
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_a_second_stream_is_not_queued_behind_a_first_streams_bulk(transport):
+    """Two streams opened together on one connection, the first with many items ready:
+    the second's first item is made (and sent) before the first stream's bulk."""
+    store = MemoryStore()
+    made: list[tuple[str, int]] = []
+
+    async def bulk(request: dict) -> AsyncIterator[int]:
+        for k in range(int(request["n"])):
+            made.append((request["name"], k))
+            yield k
+
+    server, caller = [DistributedRuntime(discovery=MemoryDiscovery(store), transport=transport) for _ in range(2)]
+    async with server, caller:
+        task = asyncio.create_task(server.endpoint("f.w.bulk").serve_endpoint(bulk))
+        await server.wait_served("f.w.bulk")
+        client = await caller.endpoint("f.w.bulk").client()
+        await client.wait_for_instances(5)
+
+        async def read(name: str, n: int) -> list[int]:
+            return [i async for i in client.generate({"name": name, "n": n}, annotated=False)]
+
+        first, second = await asyncio.gather(read("first", 300), read("second", 3))
+        assert first == list(range(300)) and second == [0, 1, 2]
+        assert made.index(("second", 0)) < made.index(("first", 100))
+        server.request_shutdown()
+        await task
