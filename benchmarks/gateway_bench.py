@@ -185,7 +185,8 @@ def report(rows: dict[tuple[str, int], list[dict[str, Any]]], labels: list[str],
 
 def w2_first_item(args: argparse.Namespace) -> None:
     """W2 first-item latency at concurrency 32 (runtime_bench's row), servemesh TCP beside raw TCP."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "runtime_bench.py"), "--only", "W2", "--systems", "tcp",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "runtime_bench.py"), "--only", "W2 stream", "--only", "W2 first",
+           "--systems", "servemesh tcp", "--systems", "raw asyncio tcp", "--systems", "raw tcp early flush",
            "--duration", str(args.duration / 2), "--runs", str(args.rounds)]
     print("\nW2 (100-item streams over TCP), from runtime_bench.py:", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=False)

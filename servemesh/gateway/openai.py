@@ -38,7 +38,7 @@ from prometheus_client import Histogram
 from starlette.responses import JSONResponse, Response
 
 from ..errors import NoInstancesError, ServemeshError
-from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams
+from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams, processor_output
 from ..runtime import Client, Context, DistributedRuntime, ResponseStream
 from ..runtime.ready import ready_batches
 from .kit import DONE, ApiError, GatewayKit, GatewayMetrics, event, event_stream
@@ -250,7 +250,7 @@ class OpenAIFrontend:
             async for batch in batches:  # what was ready together is written together
                 frames = []
                 for item in batch:
-                    out = ProcessorOutput.model_validate(item)
+                    out = processor_output(item)
                     tokens(out, frames)
                     if out.finish_reason is not None:
                         frames.append(ending(out))
@@ -306,7 +306,7 @@ class Chunks:
 
 async def _first(response: ResponseStream) -> ProcessorOutput:
     try:
-        return ProcessorOutput.model_validate(await response.__anext__())
+        return processor_output(await response.__anext__())
     except StopAsyncIteration:
         return ProcessorOutput(finish_reason="stop")
     except BaseException:
@@ -321,7 +321,7 @@ async def _collect(kind: str, ident: str, model: str, first: ProcessorOutput,
     try:
         if first.finish_reason is None:
             async for item in response:
-                last = ProcessorOutput.model_validate(item)
+                last = processor_output(item)
                 parts.append(last.text)
                 if last.finish_reason is not None:
                     break

@@ -10,7 +10,7 @@ from ..errors import ValidationError
 from ..runtime import Client, Context
 from ..runtime.ready import ready_batches
 from ..sdk import ServiceContext, async_init, endpoint, service
-from .protocol import EngineOutput, EngineRequest, ProcessorOutput, ProcessorRequest
+from .protocol import EngineRequest, ProcessorOutput, ProcessorRequest, engine_output
 from .text import IncrementalDetokenizer, StopMatcher
 from .tokenizer import Tokenizer
 
@@ -91,7 +91,7 @@ class Processor:
                 pieces: list[str] = []
                 hit = False
                 for item in batch:
-                    out = EngineOutput.model_validate(item)
+                    out = engine_output(item)
                     produced += len(out.token_ids)
                     text, hit = stops.push(detok.push(out.token_ids))
                     if text:

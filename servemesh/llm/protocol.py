@@ -1,9 +1,16 @@
-"""What flows between the pipeline's components (wire structs, validated on arrival)."""
+"""What flows between the pipeline's components (wire structs, validated on arrival).
+
+Requests are pydantic models (validated by the endpoint, with errors that name the
+field). The streamed outputs, one per token or burst, are msgspec Structs: cheap to
+make, encoded natively on the wire; a reader validates what arrives with
+:func:`engine_output` / :func:`processor_output`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, Field
 
 
@@ -23,7 +30,7 @@ class EngineRequest(BaseModel):
     stop_token_ids: list[int] = []
 
 
-class EngineOutput(BaseModel):
+class EngineOutput(msgspec.Struct, omit_defaults=True):
     """Engine → processor, streamed: new token ids, and last a finish reason."""
 
     token_ids: list[int] = []
@@ -45,7 +52,7 @@ class ProcessorRequest(BaseModel):
     stop: list[str] = []
 
 
-class ProcessorOutput(BaseModel):
+class ProcessorOutput(msgspec.Struct, omit_defaults=True):
     """Processor → frontend, streamed: text deltas, then finish reason and usage.
 
     Tokens that were ready together travel in one item: ``text`` is all of their
@@ -58,3 +65,14 @@ class ProcessorOutput(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def engine_output(item: Any) -> EngineOutput:
+    """An engine's streamed item as an ``EngineOutput`` (as it is in process; validated
+    from its wire form; ``msgspec.ValidationError`` says what is wrong)."""
+    return item if type(item) is EngineOutput else msgspec.convert(item, EngineOutput)
+
+
+def processor_output(item: Any) -> ProcessorOutput:
+    """A processor's streamed item as a ``ProcessorOutput`` (see :func:`engine_output`)."""
+    return item if type(item) is ProcessorOutput else msgspec.convert(item, ProcessorOutput)

@@ -11,7 +11,7 @@ from typing import Any
 from servemesh import Client, DistributedRuntime, InstanceUnavailable
 from servemesh.llm.kv import KV_STATE_PATH
 from servemesh.llm.processor import ENGINE_PATH
-from servemesh.llm.protocol import EngineOutput, EngineRequest, SamplingParams
+from servemesh.llm.protocol import EngineRequest, SamplingParams, engine_output
 from servemesh.llm.router import ROUTER_PATH
 
 
@@ -115,7 +115,7 @@ async def turn(router: Client, engines: Engines, prompt: list[int], *, instance:
     request = EngineRequest(model=engines.model, token_ids=prompt, sampling=SamplingParams(max_tokens=4))
     stream = router.generate(request, annotated=False) if instance is None else \
         router.direct(request, instance, annotated=False)
-    out = [EngineOutput.model_validate(item) async for item in stream]
+    out = [engine_output(item) async for item in stream]
     assert sum(len(o.token_ids) for o in out) == 4 and out[-1].finish_reason == "length"
     after = await engines.stats()
     moved = [iid for iid in after if after[iid]["served"] != before.get(iid, {}).get("served", 0)]

@@ -19,7 +19,7 @@ from servemesh.llm.engines.llamacpp import LlamaCppEngine
 from servemesh.llm.kv import block_hashes
 from servemesh.llm.model import DEFAULT_MODEL, resolve_model
 from servemesh.llm.processor import ENGINE_PATH
-from servemesh.llm.protocol import EngineOutput, EngineRequest, SamplingParams
+from servemesh.llm.protocol import EngineRequest, SamplingParams, engine_output
 from servemesh.llm.tokenizer import GGUFTokenizer
 
 QUESTIONS = ["What is 2+2?", "Name three colours.", "Write a haiku about the sea.", "Who wrote Hamlet?",
@@ -59,7 +59,7 @@ async def answer(client: Any, tok: GGUFTokenizer, prompt: list[int], max_tokens:
                             sampling=SamplingParams(**{"max_tokens": max_tokens, "temperature": 0.0, **sampling}))
     out: list[int] = []
     async for item in client.generate(request, annotated=False):
-        out += EngineOutput.model_validate(item).token_ids
+        out += engine_output(item).token_ids
     return out
 
 

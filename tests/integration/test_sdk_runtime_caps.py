@@ -10,7 +10,7 @@ from servemesh import DistributedRuntime, async_init, endpoint, serve, service
 from servemesh.errors import ConfigError
 from servemesh.llm.engines.mock import MockEngine
 from servemesh.llm.processor import ENGINE_PATH, PROCESSOR_PATH, Processor
-from servemesh.llm.protocol import ProcessorOutput, ProcessorRequest, SamplingParams
+from servemesh.llm.protocol import ProcessorRequest, SamplingParams, processor_output
 from servemesh.llm.router import ROUTER_PATH, Router
 from servemesh.llm.tokenizer import ByteTokenizer
 
@@ -89,7 +89,7 @@ async def test_llm_services_register_their_model_and_wait_for_engines(etcd):
                         ("processor", "process"): {"model": "caps-m", **ctx}}
         client = await rt.endpoint(PROCESSOR_PATH).client(capabilities={"model": "caps-m"})
         request = ProcessorRequest(model="caps-m", prompt="x", sampling=SamplingParams(max_tokens=5))
-        out = [ProcessorOutput.model_validate(i.data()) async for i in client.generate(request)]
+        out = [processor_output(i.data()) async for i in client.generate(request)]
         assert "".join(o.text for o in out) == "Hello" and out[-1].finish_reason == "length"
         assert ENGINE_PATH in {r.path for r in await rt.discovery.list("instances/inference/")}
         rt.request_shutdown()
