@@ -26,27 +26,34 @@ HTTP come from the gateway kit; this module has the routes and the error shape.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+import pydantic
 from fastapi import FastAPI, Request
 from prometheus_client import Histogram
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ..errors import NoInstancesError, ServemeshError
 from ..llm.protocol import ChatMessage, ProcessorOutput, ProcessorRequest, SamplingParams, processor_output
 from ..runtime import Client, Context, DistributedRuntime, ResponseStream
 from ..runtime.ready import ready_batches
-from .kit import DONE, ApiError, GatewayKit, GatewayMetrics, event, event_stream
+from .kit import DONE, ApiError, GatewayKit, GatewayMetrics, Problem, event, event_stream
+from .kit.disconnect import unless_disconnected
+from .kit.gateway import invalid_request
+from .kit.raw import header
 from .openai_models import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
 log = logging.getLogger("servemesh.gateway.openai")
 
 _encode = msgspec.json.Encoder().encode
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 #: relayed items between two yields to the event loop
 YIELD_EVERY = 64
@@ -76,7 +83,8 @@ class OpenAIFrontend:
         self._processors: Client | None = None
         self._by_model: dict[str, Client] = {}
         self._seen: set[str] = set()  # models some processor registered for, ever
-        self.app = self.kit.install(self._build())
+        self.app = self.kit.install(self._build(), raw_routes={("POST", "/v1/chat/completions"): self._raw_chat,
+                                                               ("POST", "/v1/completions"): self._raw_completion})
 
     async def start(self) -> OpenAIFrontend:
         self._processors = await self.runtime.endpoint(self.path).client()
@@ -148,23 +156,15 @@ class OpenAIFrontend:
     def _build(self) -> FastAPI:
         app = FastAPI(title="servemesh OpenAI-compatible frontend", version="1")
 
+        # the FastAPI routes document the API (OpenAPI) and serve it under the app alone; the
+        # server's requests take the raw routes below (the same code, without FastAPI's layers)
         @app.post("/v1/chat/completions", response_model=None)
         async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-            param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-            sampling = self._sampling(body, body.max_completion_tokens or body.max_tokens, param)
-            messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
-            preq = ProcessorRequest(model=body.model, messages=messages, sampling=sampling, stop=body.stops())
-            return await self._complete("chat", body, preq, request)
+            return await self._chat(body, request.scope, request.receive)
 
         @app.post("/v1/completions", response_model=None)
         async def completions(body: CompletionRequest, request: Request) -> Response:
-            prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-            if len(prompts) != 1:
-                raise ApiError(400, "only one prompt per request is supported", code="unsupported_value",
-                               param="prompt")
-            preq = ProcessorRequest(model=body.model, prompt=prompts[0], stop=body.stops(),
-                                    sampling=self._sampling(body, body.max_tokens, "max_tokens"))
-            return await self._complete("completion", body, preq, request)
+            return await self._completion(body, request.scope, request.receive)
 
         @app.get("/v1/models")
         async def list_models() -> dict[str, Any]:
@@ -195,19 +195,45 @@ class OpenAIFrontend:
                 values[name] = value
         return SamplingParams(**values)
 
+    # -- the raw routes (the kit's ``RawLane``) -------------------------------------------
+    async def _raw_chat(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        request = _parse(ChatCompletionRequest, scope, body)
+        await (await self._chat(request, scope, receive))(scope, receive, send)
+
+    async def _raw_completion(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        request = _parse(CompletionRequest, scope, body)
+        await (await self._completion(request, scope, receive))(scope, receive, send)
+
+    async def _chat(self, body: ChatCompletionRequest, scope: Scope, receive: Receive) -> Response:
+        param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        sampling = self._sampling(body, body.max_completion_tokens or body.max_tokens, param)
+        messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
+        preq = ProcessorRequest(model=body.model, messages=messages, sampling=sampling, stop=body.stops())
+        return await self._complete("chat", body, preq, scope, receive)
+
+    async def _completion(self, body: CompletionRequest, scope: Scope, receive: Receive) -> Response:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise ApiError(400, "only one prompt per request is supported", code="unsupported_value",
+                           param="prompt")
+        preq = ProcessorRequest(model=body.model, prompt=prompts[0], stop=body.stops(),
+                                sampling=self._sampling(body, body.max_tokens, "max_tokens"))
+        return await self._complete("completion", body, preq, scope, receive)
+
     async def _complete(self, kind: str, body: ChatCompletionRequest | CompletionRequest, preq: ProcessorRequest,
-                        request: Request) -> Response:
+                        scope: Scope, receive: Receive) -> Response:
         if body.n != 1:
             raise ApiError(400, "only n=1 is supported", code="unsupported_value", param="n")
         subject = f"model {body.model!r}"
-        self.kit.about(request, subject)
+        self.kit.about_scope(scope, subject)
+        ctx = self.kit.scope_context(scope, timeout=self.request_timeout)
         # the first item (and a whole unstreamed answer) is awaited next to a disconnect listener
-        return await self.kit.unless_disconnected(request, self._answer(kind, body, preq, request, subject))
+        return await unless_disconnected(receive, self._answer(kind, body, preq, ctx, subject))
 
     async def _answer(self, kind: str, body: ChatCompletionRequest | CompletionRequest, preq: ProcessorRequest,
-                      request: Request, subject: str) -> Response:
+                      ctx: Context, subject: str) -> Response:
         started = time.perf_counter()
-        response, first = await self._open(body.model, preq, self.kit.context(request, timeout=self.request_timeout))
+        response, first = await self._open(body.model, preq, ctx)
         self._ttft.labels(body.model).observe(time.perf_counter() - started)
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if not body.stream:
@@ -302,6 +328,38 @@ class Chunks:
 
     def usage(self, usage: dict[str, int]) -> bytes:
         return event({**self.head, "choices": [], "usage": usage})
+
+
+def _parse(model: type[M], scope: Scope, body: bytes) -> M:
+    """A raw route's JSON body as ``model``; what FastAPI would refuse, refused the same way."""
+    content_type = header(scope, b"content-type")
+    if content_type is not None:
+        kind = content_type.split(";", 1)[0].strip().lower()
+        if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+            raise _refusal(invalid_request([{"type": "model_attributes_type", "loc": ("body",)}], content_type))
+    if not body:
+        raise _refusal(invalid_request([{"type": "missing", "loc": ("body",), "msg": "Field required"}], content_type))
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors()
+    if errors and errors[0].get("type") == "json_invalid":
+        # pydantic's parser refuses what Python's accepts (a lone surrogate escape): parsed
+        # as FastAPI does, such text is then refused naming its field
+        try:
+            data = json.loads(body)
+        except ValueError:  # not JSON after all
+            pass
+        else:
+            try:
+                return model.model_validate(data)
+            except pydantic.ValidationError as exc:
+                errors = exc.errors()
+    raise _refusal(invalid_request(errors, content_type))
+
+
+def _refusal(problem: Problem) -> ApiError:
+    return ApiError(problem.status, problem.message, type=problem.type, code=problem.code, param=problem.param)
 
 
 async def _first(response: ResponseStream) -> ProcessorOutput:

@@ -146,3 +146,44 @@ def test_a_token_chunk_is_what_the_encoder_makes_of_the_whole_chunk(kind: str) -
     chunks = Chunks(kind, "chatcmpl-1", 'model "q" \\ 東京')
     for text in ['"quoted"', "back\\slash", "tab\tnew\nline\x00\x1f", "東京 😀", "</script>", "\u2028", ""]:
         assert chunks.token(text) == chunks.chunk(text, None)
+
+
+async def test_the_raw_routes_refuse_bad_bodies_as_the_fastapi_routes_do() -> None:
+    """The server takes the raw routes; the FastAPI app (the same code under FastAPI's
+    layers, documented in OpenAPI) must answer every bad body alike (a JSON syntax error
+    is worded by each parser, with the same status and code)."""
+    import httpx
+
+    runtime, front, tasks = await pipeline(MockEngine, "m")
+    ok_body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    cases = [
+        (b"{nope", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b"", "application/json"),
+        (json.dumps(ok_body).encode(), "text/plain"),
+        (json.dumps(ok_body).encode(), "application/vnd.api+json"),
+        (json.dumps({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}).encode(), "application/json"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}', "application/json"),
+        (json.dumps({**ok_body, "max_tokens": -1}).encode(), "application/json"),
+        (json.dumps({**ok_body, "n": 2}).encode(), "application/json"),
+    ]
+    try:
+        raw = httpx.AsyncClient(transport=httpx.ASGITransport(app=front.kit.asgi), base_url="http://t")
+        app = httpx.AsyncClient(transport=httpx.ASGITransport(app=front.app), base_url="http://t")
+        async with raw, app:
+            for body, content_type in cases:
+                for path in ("/v1/chat/completions", "/v1/completions"):
+                    headers = {"content-type": content_type}
+                    a = await raw.post(path, content=body, headers=headers)
+                    b = await app.post(path, content=body, headers=headers)
+                    if a.status_code == 200:  # (a JSON media type of its own is JSON)
+                        assert b.status_code == 200
+                        continue
+                    ea, eb = a.json()["error"], b.json()["error"]
+                    assert (a.status_code, ea["code"]) == (b.status_code, eb["code"]), (body, content_type, path)
+                    if ea["code"] != "json_invalid":  # (the parsers word a syntax error differently)
+                        assert ea == eb, (body, content_type, path)
+            answered = await raw.post("/v1/chat/completions", json=ok_body)
+            assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 3
+    finally:
+        await close(runtime, front, tasks)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -251,24 +251,30 @@ class GatewayKit:
         return self._response(problem)
 
     async def _invalid_request(self, request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        err: dict[str, Any] = dict(errors[0]) if errors else {}
-        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _TAG.match(str(p))]
-        param = ".".join(loc) or None
-        message = str(err.get("msg", "invalid request"))
-        if err.get("type") == "json_invalid":
-            message = f"the request body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
-        elif not param and err.get("type") in ("model_attributes_type", "dict_type"):
-            sent = request.headers.get("content-type") or "none"
-            message = (f"the request body must be a JSON object sent with Content-Type: application/json "
-                       f"(this one came as {sent})")
-            param = "body"
-        elif param:
-            message = f"{param}: {message}"
-        return self._response(Problem(400, message, "invalid_request_error", err.get("type"), param))
+        return self._response(invalid_request(exc.errors(), request.headers.get("content-type")))
 
     async def _http_exception(self, request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         response = self._response(Problem(exc.status_code, str(exc.detail), "invalid_request_error", code))
         response.headers.update(exc.headers or {})
         return response
+
+
+def invalid_request(errors: Sequence[Any], content_type: str | None) -> Problem:
+    """A request body that failed validation (pydantic's ``errors()``, FastAPI's or a raw
+    route's own) as a 400 naming the field."""
+    err: dict[str, Any] = dict(errors[0]) if errors else {}
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _TAG.match(str(p))]
+    param = ".".join(loc) or None
+    message = str(err.get("msg", "invalid request"))
+    if err.get("type") == "json_invalid":
+        message = f"the request body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
+    elif not param and err.get("type") in ("model_attributes_type", "model_type", "dict_type"):
+        message = (f"the request body must be a JSON object sent with Content-Type: application/json "
+                   f"(this one came as {content_type or 'none'})")
+        param = "body"
+    elif param:
+        message = f"{param}: {message}"
+    code = err.get("type")
+    return Problem(400, message, "invalid_request_error", "model_attributes_type" if code == "model_type" else code,
+                   param)
