@@ -119,9 +119,10 @@ class Supervisor:
         wake, wake_w = socket.socketpair()
         wake.setblocking(False)
         wake_w.setblocking(False)
-        # signals only wake the loop below (their numbers arrive on ``wake``)
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # signals only wake the loop below (their numbers arrive on ``wake``); the wake-up fd
+        # first, so a signal arriving between the two calls is not lost
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for index in range(self.size):
                 self._start(index)

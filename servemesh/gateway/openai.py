@@ -253,7 +253,7 @@ class OpenAIFrontend:
             return b"".join(frames)
 
         def tokens(out: ProcessorOutput, frames: list[bytes]) -> None:
-            if out.pieces is not None:  # several tokens' text: still one chunk per token
+            if out.pieces is not None and sum(out.pieces) == len(out.text):  # still one chunk per token
                 text, at = out.text, 0
                 for length in out.pieces:
                     frames.append(chunks.token(text[at:at + length]))
@@ -264,9 +264,10 @@ class OpenAIFrontend:
         batches = ready_batches(response)
         try:
             out = first
-            start = first.text[:first.pieces[0]] if first.pieces else first.text
+            split = bool(first.pieces) and sum(first.pieces or ()) == len(first.text)
+            start = first.text[:first.pieces[0]] if split and first.pieces else first.text
             frames = [chunks.chunk(start, None, role=True)]
-            if first.pieces:
+            if split and first.pieces:
                 tokens(ProcessorOutput(text=first.text[len(start):], pieces=first.pieces[1:]), frames)
             if out.finish_reason is not None:
                 frames.append(ending(out))

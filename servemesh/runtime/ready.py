@@ -22,6 +22,7 @@ never keeps other requests (a new request's first item) waiting for all of it.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
@@ -32,14 +33,21 @@ BATCH_LIMIT = 64
 class Resumed:
     """Await the rest of an awaitable that was already stepped once (it yielded ``first``)."""
 
-    __slots__ = ("_aw", "_first")
+    __slots__ = ("_aw", "_first", "_throw")
 
     def __init__(self, aw: Any, first: Any) -> None:
         self._aw = aw
         self._first = first
+        self._throw = False
 
     def __await__(self) -> Any:
         value = self._first
+        if self._throw:  # cancelled while it was paused: the wait ends with CancelledError
+            self._throw = False
+            try:
+                value = self._aw.throw(asyncio.CancelledError())
+            except StopIteration as done:
+                return done.value
         while True:
             try:
                 sent = yield value
@@ -54,21 +62,40 @@ class Resumed:
                 except StopIteration as done:
                     return done.value
 
-    async def cancel(self) -> None:
-        """Finish it as if its task were cancelled while it waited (its cleanup runs here)."""
+    def cancel_soon(self) -> None:
+        """Make its wait end with ``CancelledError`` when it is resumed, as ``Task.cancel``
+        does to the future a task waits on."""
         waited = self._first
-        if isinstance(waited, asyncio.Future):
-            waited.cancel()  # as Task.cancel does: the wait ends with CancelledError
-        else:
-            self._first = None
-            try:
-                self._first = self._aw.throw(asyncio.CancelledError())
-            except BaseException:
-                return
+        if not (isinstance(waited, asyncio.Future) and waited.cancel()):
+            self._throw = True  # a bare yield, or a wait that already ended
+
+    async def cancel(self) -> None:
+        """Finish it as if its task were cancelled while it waited (its cleanup runs here).
+        A cancellation of this task itself that arrives meanwhile still propagates."""
+        self.cancel_soon()
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
         try:
             await self
-        except BaseException:  # the cancellation itself, or what the cleanup raised: it is over
-            return
+        except BaseException:  # the cancellation it was given, or what its cleanup raised: it is over
+            if task is not None and task.cancelling() > before:
+                raise
+
+
+#: the read a ``ready_batches`` reader left paused, by the task reading (while it is paused)
+_parked: weakref.WeakKeyDictionary[asyncio.Task[Any], Resumed] = weakref.WeakKeyDictionary()
+
+
+def interrupt_parked(task: asyncio.Task[Any]) -> bool:
+    """If ``task`` left a read paused (it handed a batch over and writes it out now), make
+    that read's wait end with ``CancelledError`` when it is resumed, and return True: what
+    ``task.cancel()`` would do to a read it was awaiting, without cancelling what the task
+    awaits now (``serving.Call.interrupt`` for in-process calls). False if none is paused."""
+    step = _parked.get(task)
+    if step is None:
+        return False
+    step.cancel_soon()
+    return True
 
 
 async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) -> AsyncGenerator[list[Any], None]:
@@ -79,6 +106,7 @@ async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) ->
     started is then cancelled, and the stream's own cleanup runs. It does not close
     ``stream``."""
     it = stream.__aiter__()
+    task = asyncio.current_task()
     pending: Resumed | None = None
     error: BaseException | None = None
     try:
@@ -86,6 +114,7 @@ async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) ->
             try:
                 if pending is not None:
                     step, pending = pending, None
+                    _parked.pop(task, None)  # type: ignore[arg-type]
                     item = await step
                 else:
                     item = await it.__anext__()
@@ -94,7 +123,7 @@ async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) ->
             batch = [item]
             ended = False
             while len(batch) < limit:
-                step_: Any = it.__anext__()  # a coroutine-like awaitable: stepped by hand
+                step_ = it.__anext__().__await__()  # stepped by hand: is the next item there?
                 try:
                     waits_on = step_.send(None)
                 except StopIteration as done:
@@ -103,10 +132,12 @@ async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) ->
                 except StopAsyncIteration:
                     ended = True
                     break
-                except BaseException as failure:  # the items before it go out first
+                except Exception as failure:  # the items before it go out first
                     error = failure
                     break
                 pending = Resumed(step_, waits_on)
+                if task is not None:
+                    _parked[task] = pending
                 break
             yield batch
             if error is not None:
@@ -119,4 +150,5 @@ async def ready_batches(stream: AsyncIterable[Any], limit: int = BATCH_LIMIT) ->
     finally:
         if pending is not None:
             step, pending = pending, None
+            _parked.pop(task, None)  # type: ignore[arg-type]
             await step.cancel()

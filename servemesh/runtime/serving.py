@@ -24,7 +24,7 @@ from .context import Context
 from .errortable import as_servemesh_error
 from .handler import AdaptedHandler
 from .metrics import EndpointMetrics
-from .ready import Resumed
+from .ready import Resumed, interrupt_parked
 from .tasks import TaskSet
 
 log = logging.getLogger("servemesh.serving")
@@ -251,7 +251,8 @@ class Call:
         running = self._scoped or (handler is not None and handler.ag_running)
         if running and self._task is not None:
             self._scoped = True
-            self._task.cancel(msg=str(exc))
+            if not interrupt_parked(self._task):  # a read paused by ready_batches ends at once
+                self._task.cancel(msg=str(exc))
         elif handler is not None and self._closing is None:
             self._close_parked(handler)
 

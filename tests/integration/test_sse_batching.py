@@ -78,7 +78,7 @@ class AsgiCall:
 
 def contents(events: list[dict[str, Any]]) -> list[str]:
     return [e["choices"][0]["delta"]["content"] for e in events
-            if e["choices"] and e["choices"][0]["delta"].get("content")]
+            if e.get("choices") and e["choices"][0]["delta"].get("content")]
 
 
 async def pipeline(engine: type, model: str) -> tuple[DistributedRuntime, OpenAIFrontend, list[asyncio.Task[None]]]:
@@ -186,4 +186,34 @@ async def test_the_raw_routes_refuse_bad_bodies_as_the_fastapi_routes_do() -> No
             answered = await raw.post("/v1/chat/completions", json=ok_body)
             assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 3
     finally:
+        await close(runtime, front, tasks)
+
+
+class SlowClient(AsgiCall):
+    """A client that reads slowly: each write of the body waits (the socket's buffer is full)."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await super().send(message)
+        if message.get("body"):
+            await asyncio.sleep(1.0)
+
+
+async def test_a_deadline_while_the_write_waits_ends_the_stream_with_its_error() -> None:
+    """The relay has handed a batch over and waits on the client's socket while the next
+    read is started; the deadline passes then: the client gets the deadline's error event
+    (not a stream cut without one), and the app returns normally."""
+    GATE.clear()
+    runtime, _, tasks = await pipeline(GatedEngine, "gated")
+    front = await OpenAIFrontend(runtime, request_timeout=0.2).start()
+    try:
+        call = SlowClient(front.kit.asgi, "/v1/chat/completions", {
+            "model": "gated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
+        await asyncio.wait_for(call.run(), 10)
+        assert call.status == 200
+        body = b"".join(call.bodies)
+        assert contents(call.events()) == ["a"]
+        assert body.endswith(b"\n\n") and b'"code":"deadline_exceeded"' in body
+        assert not body.endswith(b"data: [DONE]\n\n")
+    finally:
+        GATE.set()
         await close(runtime, front, tasks)

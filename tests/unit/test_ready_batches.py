@@ -121,3 +121,57 @@ async def test_a_stream_of_one_item_and_an_empty_one() -> None:
 
     assert [b async for b in ready_batches(one())] == [["only"]]
     assert [b async for b in ready_batches(empty())] == []
+
+
+async def test_closing_cancels_a_started_read_whose_wait_already_ended() -> None:
+    """The item the started read waited for arrived while the batch was being written:
+    closing still cancels the read (it must not run on to the handler's next wait)."""
+    gate, never = asyncio.Event(), asyncio.Event()
+    log: list[str] = []
+
+    async def gen() -> AsyncIterator[int]:
+        yield 0
+        try:
+            await gate.wait()
+            log.append("past the gate")
+            await never.wait()
+            yield 1
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        finally:
+            log.append("cleanup")
+
+    batches = ready_batches(gen())
+    assert await batches.__anext__() == [0]
+    gate.set()
+    await asyncio.sleep(0)  # the gate's waiter is woken: the started read's wait has ended
+    await asyncio.wait_for(batches.aclose(), 5)
+    assert log == ["cancelled", "cleanup"]
+
+
+async def test_a_cancellation_of_the_reader_during_the_cleanup_is_not_lost() -> None:
+    gate = asyncio.Event()
+    cleanup_started, release = asyncio.Event(), asyncio.Event()
+
+    async def gen() -> AsyncIterator[int]:
+        yield 0
+        try:
+            await gate.wait()
+            yield 1
+        finally:
+            cleanup_started.set()
+            await release.wait()  # a slow cleanup
+
+    async def reader() -> None:
+        batches = ready_batches(gen())
+        await batches.__anext__()
+        await batches.aclose()
+        await asyncio.sleep(3600)  # reached only if the cancellation below was swallowed
+
+    task = asyncio.ensure_future(reader())
+    await asyncio.wait_for(cleanup_started.wait(), 5)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)

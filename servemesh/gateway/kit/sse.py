@@ -49,22 +49,21 @@ class EventStream(Response):
         self.init_headers({**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
-            await unless_disconnected(receive, self._body(send))
-        except Cancelled:
-            pass  # the client left: nobody to tell (the server drops what is sent now)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _body(self, send: Send) -> None:
-        frames = self.frames
-        try:
-            async for chunk in frames:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
-            close = getattr(frames, "aclose", None)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            try:
+                await unless_disconnected(receive, self._body(send))
+            except Cancelled:
+                pass  # the client left: nobody to tell (the server drops what is sent now)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:  # whatever happened (cancelled before the body began too), the source is closed
+            close = getattr(self.frames, "aclose", None)
             if close is not None:
                 await close()
+
+    async def _body(self, send: Send) -> None:
+        async for chunk in self.frames:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
 def event_stream(frames: AsyncIterable[bytes], headers: Mapping[str, str] | None = None) -> EventStream:
