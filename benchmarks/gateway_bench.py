@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 W4 = ROOT.parent / "shared" / "benchmarks" / "w4"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import stop_group  # noqa: E402
+from procs import stop_group, tree  # noqa: E402
 
 
 def start(cmd: list[str], url: str | None, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -54,18 +54,6 @@ def start(cmd: list[str], url: str | None, env: dict[str, str], log: Path) -> su
     return proc
 
 
-def group_pids(proc: subprocess.Popen[bytes]) -> list[int]:
-    """The process and its children (a frontend with --workers: the supervisor and its workers)."""
-    pids = [proc.pid]
-    try:
-        for task in os.listdir(f"/proc/{proc.pid}/task"):
-            with open(f"/proc/{proc.pid}/task/{task}/children") as f:
-                pids.extend(int(c) for c in f.read().split())
-    except OSError:
-        pass
-    return pids
-
-
 class Setup:
     """One system under test: its processes, its URL, the PIDs whose CPU is reported."""
 
@@ -76,7 +64,7 @@ class Setup:
         self.model = model
 
     def pids(self) -> list[int]:
-        return [p for proc in self.procs for p in group_pids(proc)]
+        return [p for proc in self.procs for p in tree(proc.pid)]  # a --workers frontend: all its workers
 
 
 def w4_phase(setup: Setup, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:

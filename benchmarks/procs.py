@@ -7,7 +7,8 @@ import os
 import subprocess
 
 
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux /proc)."""
     pids, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -25,7 +26,7 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds used so far by a process and its descendants (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for p in _tree(pid):
+    for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
