@@ -252,23 +252,11 @@ class OpenAIFrontend:
             frames.append(DONE)
             return b"".join(frames)
 
-        def tokens(out: ProcessorOutput, frames: list[bytes]) -> None:
-            if out.pieces is not None and sum(out.pieces) == len(out.text):  # still one chunk per token
-                text, at = out.text, 0
-                for length in out.pieces:
-                    frames.append(chunks.token(text[at:at + length]))
-                    at += length
-            elif out.finish_reason is None or out.text:
-                frames.append(chunks.token(out.text))
-
         batches = ready_batches(response)
         try:
             out = first
-            split = bool(first.pieces) and sum(first.pieces or ()) == len(first.text)
-            start = first.text[:first.pieces[0]] if split and first.pieces else first.text
-            frames = [chunks.chunk(start, None, role=True)]
-            if split and first.pieces:
-                tokens(ProcessorOutput(text=first.text[len(start):], pieces=first.pieces[1:]), frames)
+            texts = _texts(first)
+            frames = [chunks.chunk(texts[0], None, role=True), *[chunks.token(t) for t in texts[1:]]]
             if out.finish_reason is not None:
                 frames.append(ending(out))
                 yield b"".join(frames)
@@ -278,7 +266,8 @@ class OpenAIFrontend:
                 frames = []
                 for item in batch:
                     out = processor_output(item)
-                    tokens(out, frames)
+                    if out.finish_reason is None or out.text:
+                        frames.extend(chunks.token(t) for t in _texts(out))
                     if out.finish_reason is not None:
                         frames.append(ending(out))
                         yield b"".join(frames)
@@ -329,6 +318,18 @@ class Chunks:
 
     def usage(self, usage: dict[str, int]) -> bytes:
         return event({**self.head, "choices": [], "usage": usage})
+
+
+def _texts(out: ProcessorOutput) -> list[str]:
+    """The text of each token an item carries (one chunk each): ``text`` cut by ``pieces``."""
+    pieces = out.pieces
+    if not pieces or sum(pieces) != len(out.text):  # one token, or lengths that do not add up
+        return [out.text]
+    texts, at = [], 0
+    for length in pieces:
+        texts.append(out.text[at:at + length])
+        at += length
+    return texts
 
 
 def _parse(model: type[M], scope: Scope, body: bytes) -> M:
