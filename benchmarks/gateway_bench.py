@@ -91,7 +91,7 @@ def stack_env(tmp: Path) -> tuple[dict[str, str], Any]:
 
 
 def w4(args: argparse.Namespace) -> None:
-    from servemesh.testing import free_port
+    from servemesh.testing import free_port, wait_tcp
 
     if not (W4 / "w4_client.py").exists():
         sys.exit(f"the shared W4 client is not at {W4} (give --w4-dir)")
@@ -104,7 +104,7 @@ def w4(args: argparse.Namespace) -> None:
         port = free_port()
         ref = start([py, str(W4 / "sse_server.py"), "--port", str(port), "--max-life", "100000"], None, env,
                     tmp / "ref.log")
-        wait_port(port, ref)
+        wait_tcp("127.0.0.1", port, 60, ref)
         setups.append(Setup("bare aiohttp SSE (reference)", f"http://127.0.0.1:{port}/v1/chat/completions",
                             [ref], "mock"))
         port = free_port()
@@ -138,20 +138,6 @@ def w4(args: argparse.Namespace) -> None:
             for proc in setup.procs:
                 stop_group(proc)
         etcd.stop()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the reference server exited ({proc.returncode})")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("the reference server did not listen")
 
 
 def report(rows: dict[tuple[str, int], list[dict[str, Any]]], labels: list[str], args: argparse.Namespace) -> None:
