@@ -8,7 +8,9 @@ that do not follow the cache) and that each step's answers go in one pass."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from typing import Any
 
@@ -99,12 +101,17 @@ def prompt(n: int, seed: int) -> list[int]:
     return [(seed * 7919 + i * 31) % (VOCAB - 1) for i in range(n)]
 
 
-async def run_batcher(slots: int = 4, **options: Any) -> tuple[Batcher, FakeBackend]:
+@contextlib.asynccontextmanager
+async def started_batcher(slots: int = 4, **options: Any) -> AsyncIterator[tuple[Batcher, FakeBackend]]:
+    """A started batcher over a fake backend, closed on the way out."""
     backend = FakeBackend(slots, deterministic=options.pop("deterministic", False), chunk=options.pop("chunk", 8))
     batcher = Batcher(backend, asyncio.get_running_loop(), slots=slots,
                       batch_tokens=options.pop("batch_tokens", 64), **options)
     batcher.start()
-    return batcher, backend
+    try:
+        yield batcher, backend
+    finally:
+        await asyncio.to_thread(batcher.close)
 
 
 async def generate(batcher: Batcher, tokens: list[int], max_tokens: int = 12) -> list[int]:
@@ -116,23 +123,17 @@ async def generate(batcher: Batcher, tokens: list[int], max_tokens: int = 12) ->
 @pytest.mark.parametrize("deterministic", [False, True])
 async def test_concurrent_requests_get_what_they_get_one_at_a_time(deterministic):
     prompts = [prompt(5 + 9 * i, i) for i in range(7)]
-    batcher, _ = await run_batcher(slots=4, deterministic=deterministic)
-    alone, _ = await run_batcher(slots=4, deterministic=deterministic)
-    try:
+    async with started_batcher(slots=4, deterministic=deterministic) as (batcher, _), \
+            started_batcher(slots=4, deterministic=deterministic) as (alone, _):
         together = await asyncio.gather(*(generate(batcher, p) for p in prompts))
         one_by_one = [await generate(alone, p) for p in prompts]
         assert together == one_by_one
         assert all(len(out) == 12 for out in together)
         assert batcher.stats.steps < alone.stats.steps  # they did share steps
-    finally:
-        await asyncio.to_thread(batcher.close)
-        await asyncio.to_thread(alone.close)
 
 
 async def test_a_follow_up_turn_reuses_the_cached_prefix_and_gets_the_cold_answer():
-    batcher, _backend = await run_batcher(slots=2)
-    cold, _ = await run_batcher(slots=2)
-    try:
+    async with started_batcher(slots=2) as (batcher, _), started_batcher(slots=2) as (cold, _):
         first = prompt(40, 1)
         answer = await generate(batcher, first)
         follow_up = first + answer + prompt(10, 2)
@@ -141,26 +142,19 @@ async def test_a_follow_up_turn_reuses_the_cached_prefix_and_gets_the_cold_answe
         assert batcher.stats.cached_tokens == len(first) + len(answer) - 1  # the last answer token has no KV yet
         assert warm_answer == await generate(cold, follow_up)
         assert cold.stats.cached_tokens == 0
-    finally:
-        await asyncio.to_thread(batcher.close)
-        await asyncio.to_thread(cold.close)
 
 
 async def test_deterministic_mode_reuses_whole_prompt_chunks_only():
-    batcher, backend = await run_batcher(slots=2, deterministic=True, chunk=8)
-    try:
+    async with started_batcher(slots=2, deterministic=True, chunk=8) as (batcher, backend):
         first = prompt(21, 1)
         answer = await generate(batcher, first)
         assert [n for step in backend.steps[:3] for _, n, _, pad in step if not pad] == [8, 8, 5]  # aligned chunks
         await generate(batcher, first + answer + prompt(6, 3))
         assert batcher.stats.cached_tokens == 16  # the answer's tokens and the partial chunk are computed again
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 async def test_a_shared_prefix_is_copied_from_a_busy_slot_and_slots_stay_consecutive():
-    batcher, backend = await run_batcher(slots=4)
-    try:
+    async with started_batcher(slots=4) as (batcher, backend):
         system = prompt(48, 9)
         first = Sequence(prompt=system + prompt(5, 0), max_tokens=20)
         batcher.submit(first)
@@ -168,16 +162,12 @@ async def test_a_shared_prefix_is_copied_from_a_busy_slot_and_slots_stay_consecu
         others = await asyncio.gather(*(generate(batcher, system + prompt(5, i), max_tokens=20) for i in (1, 2)))
         answers = [await collect(first), *others]
         assert all(len(a) == 20 for a in answers)
-        assert batcher.stats.cached_tokens == 2 * 48
-        assert batcher.stats.cached_tokens > 0 and backend.copies > 0
+        assert batcher.stats.cached_tokens == 2 * 48 and backend.copies > 0
         # every step that had answers put them in one pass (the backend asserts it), with stand-ins if needed
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 async def test_cancelling_one_sequence_frees_its_slot_and_the_others_finish():
-    batcher, _backend = await run_batcher(slots=2)
-    try:
+    async with started_batcher(slots=2) as (batcher, _backend):
         victim = Sequence(prompt=prompt(10, 1), max_tokens=10_000)
         batcher.submit(victim)
         other = asyncio.create_task(generate(batcher, prompt(10, 2), max_tokens=30))
@@ -186,13 +176,10 @@ async def test_cancelling_one_sequence_frees_its_slot_and_the_others_finish():
         third = await generate(batcher, prompt(10, 3), max_tokens=5)  # gets the freed slot
         assert len(third) == 5 and len(await other) == 30
         assert batcher.busy == 0
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 async def test_a_full_engine_queues_then_refuses():
-    batcher, _ = await run_batcher(slots=1, max_waiting=1)
-    try:
+    async with started_batcher(slots=1, max_waiting=1) as (batcher, _):
         running = Sequence(prompt=prompt(4, 1), max_tokens=10_000)
         batcher.submit(running)
         await running.wake.wait()  # it holds the only slot
@@ -205,13 +192,10 @@ async def test_a_full_engine_queues_then_refuses():
         batcher.cancel(running)
         assert len(await collect(waiting)) == 3  # the queued one runs once the slot is free
         assert batcher.waiting == 0
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 async def test_a_stop_token_ends_the_answer_with_stop():
-    batcher, _backend = await run_batcher(slots=1)
-    try:
+    async with started_batcher(slots=1) as (batcher, _backend):
         tokens = prompt(6, 4)
         free = await generate(batcher, tokens, max_tokens=5)
         seq = Sequence(prompt=tokens, max_tokens=5, stop=frozenset({free[2]}))
@@ -220,13 +204,10 @@ async def test_a_stop_token_ends_the_answer_with_stop():
         seq = Sequence(prompt=tokens, max_tokens=5)
         batcher.submit(seq)
         assert await collect(seq) == free and seq.finish == "length"
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 async def test_a_failed_decode_fails_its_sequences_and_a_crash_fails_everyone():
-    batcher, backend = await run_batcher(slots=2)
-    try:
+    async with started_batcher(slots=2) as (batcher, backend):
         backend.fail_code = 1
         with pytest.raises(Overloaded):
             await generate(batcher, prompt(4, 1))
@@ -240,8 +221,6 @@ async def test_a_failed_decode_fails_its_sequences_and_a_crash_fails_everyone():
             await generate(batcher, prompt(4, 2))
         with pytest.raises(EngineFault, match="decode loop stopped"):
             batcher.submit(Sequence(prompt=prompt(4, 3), max_tokens=2))
-    finally:
-        await asyncio.to_thread(batcher.close)
 
 
 def test_common_prefix():
@@ -252,10 +231,7 @@ def test_common_prefix():
 
 
 async def test_requests_waiting_when_every_running_one_ends_in_the_same_step_still_run():
-    batcher, _ = await run_batcher(slots=2)
-    try:
+    async with started_batcher(slots=2) as (batcher, _):
         results = await asyncio.wait_for(
             asyncio.gather(*(generate(batcher, prompt(6, i), max_tokens=4) for i in range(5))), 10)
         assert [len(r) for r in results] == [4] * 5
-    finally:
-        await asyncio.to_thread(batcher.close)
