@@ -10,12 +10,12 @@ listener, and the processor and engine calls share its context.
 Work per request is bounded: the request models bound every field
 (``openai_models``), ``max_tokens`` is checked against the model's context length
 (the processors' ``context_length`` capability; the processor checks the prompt
-too), and the loops that relay tokens yield to the event loop at least every
-:data:`YIELD_EVERY` items, so one huge answer in an embedded pipeline (where the
-engine runs in the frontend's own task) never starves other requests or signals.
+too), and answers are read by what is ready (``runtime.ready.ready_batches``), which
+yields to the event loop after every full batch, so one huge answer in an embedded
+pipeline (where the engine runs in the frontend's own task) never starves other
+requests or signals.
 
-Streams are relayed by what is ready (``runtime.ready.ready_batches``): the tokens
-that arrived together become their chunks (one per token, each rendered from the
+Streams relayed that way: the tokens that arrived together become their chunks (one per token, each rendered from the
 request's prepared prefix and suffix, no model or dict per token) written in one
 send; the first token is never held back to wait for others.
 
@@ -25,7 +25,6 @@ HTTP come from the gateway kit; this module has the routes and the error shape.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -55,8 +54,6 @@ log = logging.getLogger("servemesh.gateway.openai")
 _encode = msgspec.json.Encoder().encode
 M = TypeVar("M", bound=pydantic.BaseModel)
 
-#: relayed items between two yields to the event loop
-YIELD_EVERY = 64
 #: max_tokens when the request gives none (capped by the context length)
 DEFAULT_MAX_TOKENS = 256
 
@@ -378,18 +375,21 @@ async def _collect(kind: str, ident: str, model: str, first: ProcessorOutput,
                    response: ResponseStream) -> dict[str, Any]:
     parts = [first.text]
     last = first
+    # read by what is ready: a fast engine in this task yields the loop between batches
+    # (other requests, the disconnect listener, signals are not starved)
+    batches = ready_batches(response)
     try:
         if first.finish_reason is None:
-            async for item in response:
-                last = processor_output(item)
-                parts.append(last.text)
+            async for batch in batches:
+                for item in batch:
+                    last = processor_output(item)
+                    parts.append(last.text)
+                    if last.finish_reason is not None:
+                        break
                 if last.finish_reason is not None:
                     break
-                if len(parts) % YIELD_EVERY == 0:
-                    # a fast engine in this task must not starve the loop (other requests,
-                    # the disconnect listener, signals)
-                    await asyncio.sleep(0)
     finally:
+        await batches.aclose()
         await response.aclose()
     text = "".join(parts)
     created = int(time.time())
