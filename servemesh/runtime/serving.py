@@ -336,17 +336,23 @@ class ResponseSink(Protocol):
     def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
         """Send the one item of a unary reply together with the end of the stream."""
 
+    def hurry(self) -> bool:
+        """Put what was sent on its way now instead of with the items after it (a
+        stream's first item). True if it only leaves once the caller yields to the loop."""
+
     def end(self) -> None: ...
 
     def error(self, exc: ServemeshError) -> None: ...
 
 
-#: a stream whose items are all ready yields to the event loop after its first item and,
-#: while other streams of its endpoint are in flight, every this many items: new
+#: a stream whose items are all ready yields to the event loop, while other streams of its
+#: endpoint are in flight, after its first item and then every this many items: new
 #: streams' first items, and other streams' items, are not queued behind its whole bulk
 #: (a handler that never waits would otherwise run to the end, or to its credit window,
 #: in one task step)
 FAIR_ITEMS = 16
+#: ... and every this many items while it is alone (other tasks of the loop get a turn)
+ALONE_ITEMS = 128
 
 
 @types.coroutine
@@ -386,10 +392,13 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                         ready = sink.send(item, None, None, None)
                     turn -= 1
                     if not turn:
-                        turn = FAIR_ITEMS
-                        if first or ep.inflight > 1:  # alone, a stream keeps its writes in few batches
-                            first = False
+                        if not first:
                             await _yield()
+                        else:  # the first item leaves now, not with the bulk
+                            first = False
+                            if sink.hurry() or ep.inflight > 1:
+                                await _yield()
+                        turn = FAIR_ITEMS if ep.inflight > 1 else ALONE_ITEMS
             finally:
                 await handler.aclose()
         except BaseException as exc:  # the handler's, or an item that cannot go on the wire

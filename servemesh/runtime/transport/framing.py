@@ -120,6 +120,11 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self._flush_scheduled = False
         self._write_out()
 
+    def hurry(self) -> bool:
+        """Write what is queued now (a stream's first item: it does not wait for the bulk)."""
+        self._write_out()
+        return False
+
     def _write_out(self) -> None:
         self._queued = 0
         if self._wbuf:

@@ -31,6 +31,7 @@ from ...errors import ConfigError, InstanceUnavailable, ProtocolError
 from ...log import Throttled
 from .. import codec, errortable
 from ..context import Context
+from ..ready import Resumed
 from ..records import InstanceRecord
 from ..serving import ServedEndpoint
 from ..stream import RemoteStream
@@ -98,11 +99,43 @@ class _Batcher:
 
     def flush(self) -> None:
         self._scheduled = False
+        if self._take():
+            self._kick()
+
+    def _take(self) -> bool:
+        """Move the batches to the outbound queue; False if there were none."""
         if not self._out:
-            return
+            return False
         out, self._out = self._out, {}
         self._queue.extend((subject, reply, bytes(buf)) for (subject, reply), buf in out.items())
-        self._kick()
+        return True
+
+    def hurry(self) -> bool:
+        """Publish the batches now, not at the end of the loop turn (a stream's first
+        item, before its bulk is made): nats-py takes a message for its flusher task
+        without waiting, so each publish is stepped here; the flusher writes them
+        once the caller yields (True). A publish that must wait, and any after it,
+        are finished by the sender task."""
+        if not self._take() and not self._queue:
+            return False
+        if self._sender is None:
+            queue = self._queue
+            while queue:
+                subject, reply, data = queue.popleft()
+                publish = self.nc.publish(subject, data, reply=reply)
+                try:
+                    waits_on = publish.send(None)
+                except StopIteration:
+                    self._published(len(data))
+                    continue
+                except Exception as exc:
+                    self._failed(subject, exc)
+                    self._published(len(data))
+                    continue
+                self._sender = self._tasks.spawn(self._send((Resumed(publish, waits_on), subject, len(data))),
+                                                 name="nats-publish")
+                break
+        return True
 
     def _publish(self, subject: str, reply: str, data: bytes) -> None:
         self._queue.append((subject, reply, data))
@@ -122,23 +155,38 @@ class _Batcher:
             self._drained = self._loop.create_future()
         return self._drained
 
-    async def _send(self) -> None:
+    async def _send(self, started: tuple[Resumed, str, int] | None = None) -> None:
+        """Publish the queue in order (``started``: a publish ``hurry`` began, first)."""
         try:
+            if started is not None:
+                publish, subject, size = started
+                try:
+                    await publish
+                except Exception as exc:
+                    self._failed(subject, exc)
+                self._published(size)
             while self._queue:
                 subject, reply, data = self._queue.popleft()
                 try:
                     await self.nc.publish(subject, data, reply=reply)
-                except Exception as exc:  # closed, or reconnecting with a full buffer
-                    log.warning("nats publish to %s failed: %r", subject, exc)
-                    # the frames it carried are lost: fail their streams, never leave them hanging
-                    self._on_failed(subject, f"a NATS publish to {subject} failed: {exc!r}")
-                self._queued = max(self._queued - len(data), 0)
-                if self._drained is not None and self._queued < OUTBOUND_LIMIT // 2 and not self._drained.done():
-                    self._drained.set_result(None)
+                except Exception as exc:
+                    self._failed(subject, exc)
+                self._published(len(data))
         finally:
             self._sender = None
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
+
+    def _failed(self, subject: str, exc: Exception) -> None:
+        """A publish failed (closed, or reconnecting with a full buffer): the frames it
+        carried are lost, so their streams fail, never left hanging."""
+        log.warning("nats publish to %s failed: %r", subject, exc)
+        self._on_failed(subject, f"a NATS publish to {subject} failed: {exc!r}")
+
+    def _published(self, size: int) -> None:
+        self._queued = max(self._queued - size, 0)
+        if self._drained is not None and self._queued < OUTBOUND_LIMIT // 2 and not self._drained.done():
+            self._drained.set_result(None)
 
 
 class _NatsLink:

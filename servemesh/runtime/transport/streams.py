@@ -32,6 +32,9 @@ class Pressure(Protocol):
 
     def wait_uncongested(self) -> asyncio.Future[None]: ...
 
+    def hurry(self) -> bool:
+        """Send what is queued now; True if it only leaves once the caller yields."""
+
 
 class FrameSink:
     """``ResponseSink`` that turns items into frames of one stream.
@@ -66,6 +69,9 @@ class FrameSink:
 
     def end(self) -> None:
         self._write(codec.End(self.sid))
+
+    def hurry(self) -> bool:
+        return self._pressure.hurry()
 
     def error(self, exc: ServemeshError, refused: bool = False) -> None:
         kind, fields = errortable.encode(exc)
