@@ -60,8 +60,11 @@ at concurrency 1, within 5% of today's tokens/s.
 --kv: KV-aware routing (the issue's second part). A multi-turn chat: ``--conversations`` (16)
 x ``--turns`` (4), one shared system prompt (a few hundred tokens), each turn's messages =
 the conversation so far (system, earlier user turns, the assistant answers actually
-received) + a new user message, ``/v1/chat/completions`` streaming, ``--kv-concurrency``
-(4) conversations at a time. Topology per policy, fresh processes each time, over a local
+received) + a new user message, ``/v1/chat/completions`` streaming; conversation k starts
+``k * --kv-arrival`` (1.0) s after the first, at most ``--kv-concurrency`` (16) at a time,
+so by default every conversation is live at once and the engines' slots (8 each:
+``--engine-args``) hold as many conversations as there are, between them. Topology per
+policy, fresh processes each time, over a local
 etcd + nats-server (``servemesh.testing``): two engines (``examples/llm/engine.py``), one
 router (``examples/llm/router.py --policy kv|round_robin``), a processor calling the router
 (``--engine-path`` or ``--via-router``), an OpenAI frontend. Reported per policy: TTFT p50
@@ -723,6 +726,7 @@ async def chat_workload(url: str, args: argparse.Namespace, model: str) -> tuple
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as http:
         async def conversation(k: int) -> None:
+            await asyncio.sleep(k * args.kv_arrival)
             async with sem:
                 messages = [{"role": "system", "content": SYSTEM_PROMPT}]
                 for t in range(args.turns):
@@ -838,7 +842,8 @@ def kv(args: argparse.Namespace) -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"logs in {logs}\n  engine {args.engine} x 2 "
           f"({args.mock_args if args.engine == 'mock' else args.engine_args.format(threads=args.kv_threads)}); "
-          f"{args.conversations} conversations x {args.turns} turns, {args.kv_concurrency} at a time, max_tokens "
+          f"{args.conversations} conversations x {args.turns} turns, one starting every {args.kv_arrival}s, "
+          f"{args.kv_concurrency} at a time, max_tokens "
           f"{args.kv_max_tokens}; tree {Path(args.servemesh_tree).resolve()} ({git_head(Path(args.servemesh_tree))})",
           flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -865,7 +870,7 @@ def kv(args: argparse.Namespace) -> None:
         print("\nno policy ran")
         return
     print(f"\nKV routing: {args.engine} engines x 2, {args.conversations} conversations x {args.turns} turns, "
-          f"{args.kv_concurrency} at a time; median of {args.runs} run(s)\n")
+          f"one starting every {args.kv_arrival}s, {args.kv_concurrency} at a time; median of {args.runs} run(s)\n")
     print("| policy | TTFT p50 ms | TTFT p90 ms | TTFT p50 turns 2+ ms | wall s | prefill tokens computed "
           "| engines' stats (summed) |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -934,11 +939,13 @@ def main() -> None:
     kv_opts.add_argument("--policies", nargs="+", default=["kv", "round_robin"])
     kv_opts.add_argument("--conversations", type=int, default=16)
     kv_opts.add_argument("--turns", type=int, default=4)
-    kv_opts.add_argument("--kv-concurrency", type=int, default=4, help="conversations at a time [4]")
+    kv_opts.add_argument("--kv-concurrency", type=int, default=16, help="conversations at a time [16]")
+    kv_opts.add_argument("--kv-arrival", type=float, default=1.0,
+                         help="seconds between the starts of two conversations [1.0]")
     kv_opts.add_argument("--kv-max-tokens", type=int, default=48)
     kv_opts.add_argument("--kv-threads", type=int, default=1, help="llama.cpp threads per engine [1: two engines "
                          "on 2 cores]")
-    kv_opts.add_argument("--engine-args", default="--threads {threads}",
+    kv_opts.add_argument("--engine-args", default="--threads {threads} --slots 8",
                          help="added to each llamacpp engine.py ({threads} filled in) [%(default)s]")
     kv_opts.add_argument("--mock-args", default="--kv-blocks 2048 --prefill-s-per-token 0.0002",
                          help="added to each mock engine.py [%(default)s]")
