@@ -338,20 +338,23 @@ class ResponseSink(Protocol):
 
     def hurry(self) -> bool:
         """Put what was sent on its way now instead of with the items after it (a
-        stream's first item). True if it only leaves once the caller yields to the loop."""
+        stream's first item). True if some of it can only leave once the caller yields
+        to the event loop."""
 
     def end(self) -> None: ...
 
     def error(self, exc: ServemeshError) -> None: ...
 
 
-#: a stream whose items are all ready yields to the event loop, while other streams of its
-#: endpoint are in flight, after its first item and then every this many items: new
-#: streams' first items, and other streams' items, are not queued behind its whole bulk
-#: (a handler that never waits would otherwise run to the end, or to its credit window,
-#: in one task step)
+#: after a stream's first item ``drive`` asks the sink to send it now (``hurry``) and
+#: yields to the event loop if the sink needs that or other streams of its endpoint are
+#: in flight; then, every this many items, it yields while other streams are in flight:
+#: new streams' first items, and other streams' items, are not queued behind its whole
+#: bulk (a handler that never waits would otherwise run to the end, or to its credit
+#: window, in one task step)
 FAIR_ITEMS = 16
-#: ... and every this many items while it is alone (other tasks of the loop get a turn)
+#: ... and every this many items while it is alone (other tasks of the loop get a turn);
+#: a multiple of FAIR_ITEMS
 ALONE_ITEMS = 128
 
 
@@ -383,6 +386,7 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                 ep = call.ep
                 first = True
                 turn = 1  # the first item goes out before any stream's bulk (see FAIR_ITEMS)
+                alone = ALONE_ITEMS // FAIR_ITEMS
                 async for item in handler:
                     if not ready:
                         await sink.wait_ready()
@@ -392,13 +396,18 @@ async def drive(call: Call, sink: ResponseSink) -> None:
                         ready = sink.send(item, None, None, None)
                     turn -= 1
                     if not turn:
-                        if not first:
-                            await _yield()
-                        else:  # the first item leaves now, not with the bulk
+                        turn = FAIR_ITEMS
+                        if first:  # the first item leaves now, not with the bulk
                             first = False
                             if sink.hurry() or ep.inflight > 1:
                                 await _yield()
-                        turn = FAIR_ITEMS if ep.inflight > 1 else ALONE_ITEMS
+                        elif ep.inflight > 1:
+                            await _yield()
+                        else:
+                            alone -= 1
+                            if not alone:
+                                alone = ALONE_ITEMS // FAIR_ITEMS
+                                await _yield()
             finally:
                 await handler.aclose()
         except BaseException as exc:  # the handler's, or an item that cannot go on the wire

@@ -91,3 +91,30 @@ async def test_a_failed_hurried_publish_fails_its_streams():
     assert b.hurry() is True
     assert failed == ["inbox.a"] and b._queued == 0
     await tasks.join()
+
+
+async def test_a_sender_cancelled_before_it_ran_leaves_nothing_behind():
+    nc = Recorder()
+    b, tasks = batcher(nc)
+    nc.hold = asyncio.get_running_loop().create_future()
+    b.write("inbox.a", codec.Item(1, 0))
+    b.hurry()  # that publish waits: a sender task will finish it
+    assert b._sender is not None
+    b._sender.cancel()  # before its first step (the transport closing)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert b._sender is None and b._queued == 0  # the stepped publish closed, its bytes no longer counted
+    b.write("inbox.a", codec.Item(1, 1))
+    await asyncio.sleep(0)
+    await tasks.join()
+    assert nc.published == [("inbox.a", [1])]
+
+
+async def test_hurry_after_the_transport_closed_its_tasks_does_not_raise():
+    nc = Recorder()
+    b, tasks = batcher(nc)
+    await tasks.close()
+    nc.hold = asyncio.get_running_loop().create_future()
+    b.write("inbox.a", codec.Item(1, 0))
+    assert b.hurry() is True
+    assert b._sender is None and b._queued == 0

@@ -121,9 +121,11 @@ class FramedProtocol(asyncio.Protocol, abc.ABC):
         self._write_out()
 
     def hurry(self) -> bool:
-        """Write what is queued now (a stream's first item: it does not wait for the bulk)."""
+        """Write what is queued now (a stream's first item: it does not wait for the
+        bulk); True if the transport still holds some of it (it leaves on a later turn)."""
         self._write_out()
-        return False
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() > 0
 
     def _write_out(self) -> None:
         self._queued = 0

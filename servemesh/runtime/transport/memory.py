@@ -32,12 +32,20 @@ class _Pipe(asyncio.Transport):
         self._name = name
         self._peer: _Pipe | None = None
         self._closing = False
+        #: bytes written that the peer has not received yet (they arrive on a later turn)
+        self._in_flight = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         peer = self._peer
         if self._closing or peer is None or peer._closing:
             return
-        self._loop.call_soon(peer._protocol.data_received, bytes(data))
+        chunk = bytes(data)
+        self._in_flight += len(chunk)
+        self._loop.call_soon(self._deliver, peer, chunk)
+
+    def _deliver(self, peer: _Pipe, chunk: bytes) -> None:
+        self._in_flight -= len(chunk)
+        peer._protocol.data_received(chunk)
 
     def close(self) -> None:
         if self._closing:
@@ -63,7 +71,7 @@ class _Pipe(asyncio.Transport):
         return None
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self._in_flight
 
 
 class MemoryNetwork:

@@ -5,7 +5,8 @@ Frames are the same as on TCP (``codec``) and carry their stream id, so a NATS
 message is a batch: all frames for one destination (requests, credits and
 cancels of every stream a caller has open to one subject, or every reply frame
 for one caller's inbox) go as one message per loop turn, through an outbound
-queue bounded in bytes (stream senders wait while it is full). A server keys
+queue bounded in bytes (stream senders wait while it is full); a stream's first
+item is published at once instead (``hurry``), before its bulk is made. A server keys
 its streams by (reply inbox, stream id). A request to a subject with no
 subscriber gets NATS's "no responders" status, so a dead worker is noticed at
 once; while streams are open to an instance the client
@@ -23,8 +24,8 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, NamedTuple
 
 from ...config import Settings
 from ...errors import ConfigError, InstanceUnavailable, ProtocolError
@@ -59,11 +60,22 @@ def _caller(key: Any) -> str:
     return str(key[0]).rpartition(".")[0]
 
 
+class _Started(NamedTuple):
+    """A publish ``hurry`` began and the sender task finishes."""
+
+    publish: Coroutine[Any, Any, None]
+    rest: Resumed
+    subject: str
+    size: int
+
+
 class _Batcher:
-    """Frames per destination subject, published as one message per loop turn by one
-    sender task (so frames of a stream never overtake each other). ``limit`` is the
-    largest frame body: a frame and its header always fit one NATS message, and a batch
-    never outgrows one. A publish that fails is reported to ``on_failed(subject, why)``."""
+    """Frames per destination subject, published as one message per loop turn, in
+    order: by one sender task, or by ``hurry`` in the caller's step while no sender
+    task is running (so frames of a stream never overtake each other). ``limit`` is
+    the largest frame body: a frame and its header always fit one NATS message, and a
+    batch never outgrows one. A publish that fails is reported to ``on_failed(subject,
+    why)``."""
 
     def __init__(self, nc: Any, limit: int, tasks: TaskSet, on_failed: Callable[[str, str], None]) -> None:
         self.nc = nc
@@ -78,6 +90,7 @@ class _Batcher:
         self._queue: collections.deque[tuple[str, str, bytes]] = collections.deque()
         self._queued = 0
         self._sender: asyncio.Task[None] | None = None
+        self._started: _Started | None = None
         self._drained: asyncio.Future[None] | None = None
 
     def write(self, subject: str, frame: codec.Frame, reply: str = "") -> int:
@@ -99,7 +112,7 @@ class _Batcher:
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._take():
+        if self._take() or self._queue:
             self._kick()
 
     def _take(self) -> bool:
@@ -112,29 +125,32 @@ class _Batcher:
 
     def hurry(self) -> bool:
         """Publish the batches now, not at the end of the loop turn (a stream's first
-        item, before its bulk is made): nats-py takes a message for its flusher task
-        without waiting, so each publish is stepped here; the flusher writes them
-        once the caller yields (True). A publish that must wait, and any after it,
-        are finished by the sender task."""
+        item, before its bulk is made). nats-py takes a message for its flusher task
+        without waiting, so each publish is stepped here; the flusher writes them once
+        the caller yields (True). A publish that must wait (nats-py's buffer is full),
+        and everything after it, is finished by the sender task; while a sender task
+        is running the batches wait for the end of the turn, behind what it sends.
+        (nats-py's ``flush_timeout``, unset by servemesh, would time a waiting publish
+        in the caller's task on Python 3.12+.)"""
+        if self._sender is not None:
+            return True
         if not self._take() and not self._queue:
             return False
-        if self._sender is None:
-            queue = self._queue
-            while queue:
-                subject, reply, data = queue.popleft()
-                publish = self.nc.publish(subject, data, reply=reply)
-                try:
-                    waits_on = publish.send(None)
-                except StopIteration:
-                    self._published(len(data))
-                    continue
-                except Exception as exc:
-                    self._failed(subject, exc)
-                    self._published(len(data))
-                    continue
-                self._sender = self._tasks.spawn(self._send((Resumed(publish, waits_on), subject, len(data))),
-                                                 name="nats-publish")
-                break
+        queue = self._queue
+        while queue:
+            subject, reply, data = queue.popleft()
+            publish = self.nc.publish(subject, data, reply=reply)
+            try:
+                waits_on = publish.send(None)
+            except StopIteration:
+                self._published(len(data))
+                continue
+            except Exception as exc:
+                self._failed(subject, exc)
+                self._published(len(data))
+                continue
+            self._start_sender(_Started(publish, Resumed(publish, waits_on), subject, len(data)))
+            break
         return True
 
     def _publish(self, subject: str, reply: str, data: bytes) -> None:
@@ -143,7 +159,31 @@ class _Batcher:
 
     def _kick(self) -> None:
         if self._sender is None:
-            self._sender = self._tasks.spawn(self._send(), name="nats-publish")
+            self._start_sender(None)
+
+    def _start_sender(self, started: _Started | None) -> None:
+        self._started = started
+        try:
+            task = self._tasks.spawn(self._send(), name="nats-publish")
+        except RuntimeError:  # the transport is closing: nothing more goes out
+            self._abandon()
+            return
+        self._sender = task
+        task.add_done_callback(self._sender_done)
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if self._sender is task:  # cancelled before it ran (the transport closing)
+            self._sender = None
+        self._abandon()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _abandon(self) -> None:
+        """Forget a publish ``hurry`` began that no sender task will finish."""
+        started, self._started = self._started, None
+        if started is not None:
+            started.publish.close()
+            self._published(started.size)
 
     # the ``Pressure`` of the stream table
     @property
@@ -155,16 +195,16 @@ class _Batcher:
             self._drained = self._loop.create_future()
         return self._drained
 
-    async def _send(self, started: tuple[Resumed, str, int] | None = None) -> None:
-        """Publish the queue in order (``started``: a publish ``hurry`` began, first)."""
+    async def _send(self) -> None:
+        """Publish the queue in order (first the publish ``hurry`` began, if any)."""
         try:
+            started, self._started = self._started, None
             if started is not None:
-                publish, subject, size = started
                 try:
-                    await publish
+                    await started.rest
                 except Exception as exc:
-                    self._failed(subject, exc)
-                self._published(size)
+                    self._failed(started.subject, exc)
+                self._published(started.size)
             while self._queue:
                 subject, reply, data = self._queue.popleft()
                 try:
