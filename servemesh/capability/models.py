@@ -17,6 +17,7 @@ to gateways, which answer metadata requests from it. Pure data, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -84,23 +85,30 @@ class ModelSpec:
         takes any size), a declared input missing. Nothing is checked without a declaration."""
         if not self.inputs:
             return
-        declared = {t.name: t for t in self.inputs}
+        declared = self._declared
         for tensor in inputs:
-            spec = declared.get(tensor.name)
-            if spec is None:
+            found = declared.get(tensor.name)
+            if found is None:
                 raise ValidationError(f"model {model!r} has no input {tensor.name!r} (inputs: {', '.join(declared)})",
                                       field=tensor.name)
+            spec, exact = found
             if tensor.datatype != spec.datatype:
                 raise ValidationError(f"tensor {tensor.name!r} is {tensor.datatype}, but model {model!r} takes "
                                       f"{spec.datatype}", field=tensor.name)
-            shape = list(tensor.shape)
-            if len(shape) != len(spec.shape) or any(d not in (-1, s) for d, s in zip(spec.shape, shape, strict=True)):
-                raise ValidationError(f"tensor {tensor.name!r} has shape {shape}, but model {model!r} takes "
+            shape = tensor.shape
+            if shape != exact and (len(shape) != len(spec.shape)
+                                   or any(d not in (-1, s) for d, s in zip(spec.shape, shape, strict=True))):
+                raise ValidationError(f"tensor {tensor.name!r} has shape {list(shape)}, but model {model!r} takes "
                                       f"{list(spec.shape)}", field=tensor.name)
         given = {t.name for t in inputs}
         for name in declared:
             if name not in given:
                 raise ValidationError(f"model {model!r} needs input {name!r}", field=name)
+
+    @functools.cached_property
+    def _declared(self) -> dict[str, tuple[TensorSpec, list[int]]]:
+        """Each declared input by name, with its shape as a list (what a tensor's shape equals)."""
+        return {t.name: (t, list(t.shape)) for t in self.inputs}
 
     @classmethod
     def from_record(cls, value: Any) -> ModelSpec | None:

@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 
 __all__ = ["from_proto", "to_proto"]
 
+_PB2: Any = None
+
+
+def _pb2() -> Any:
+    """The generated messages module, imported on first use (and then kept)."""
+    global _PB2
+    if _PB2 is None:
+        from .proto import grpc_predict_v2_pb2
+
+        _PB2 = grpc_predict_v2_pb2
+    return _PB2
+
 _NAMES = ("inference.ModelInferRequest", "inference.ModelInferResponse", "inference.ModelStreamInferResponse")
 _RAW_ONLY = frozenset({"FP16", "BF16"})
 _FIELD_DTYPES = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
@@ -90,7 +102,7 @@ def from_proto(message: Any) -> InferRequest | InferResponse:
     Messages of the same name from other modules (tritonclient's, kserve's) are read
     through their wire bytes. A stream response whose ``error_message`` is set raises
     ``RemoteError``: the handler that made it reported a failure."""
-    from .proto import grpc_predict_v2_pb2 as pb2
+    pb2 = _pb2()
 
     full_name = getattr(getattr(message, "DESCRIPTOR", None), "full_name", None)
     if full_name not in _NAMES:
@@ -108,8 +120,8 @@ def from_proto(message: Any) -> InferRequest | InferResponse:
         request = InferRequest(message.model_name, model_version=message.model_version, id=message.id,
                                parameters=parameters)
         request.inputs = _tensors(message.inputs, message.raw_input_contents, "inputs")
-        request.outputs = [RequestedOutput(o.name, _get_parameters(o.parameters, f"outputs[{o.name}].parameters"))
-                           for o in message.outputs]
+        request.outputs = [RequestedOutput(o.name, _get_parameters(o.parameters, f"outputs[{o.name}]", ".parameters")
+                                           if o.parameters else {}) for o in message.outputs]
         return request
     response = InferResponse(message.model_name, model_version=message.model_version, id=message.id,
                              parameters=parameters)
@@ -124,19 +136,19 @@ def _tensors(entries: Sequence[Any], raws: Sequence[bytes], key: str) -> list[In
     tensors: list[InferTensor] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        name = entry.name or f"{key}[{i}]"
-        if entry.name in seen:
-            raise ValidationError(f"{key} has two tensors named {entry.name!r}", field=entry.name)
-        seen.add(entry.name)
-        params = _get_parameters(entry.parameters, f"{name}.parameters")
-        fields = entry.contents.ListFields()
+        tensor_name = entry.name
+        if tensor_name in seen:
+            raise ValidationError(f"{key} has two tensors named {tensor_name!r}", field=tensor_name)
+        seen.add(tensor_name)
+        name = tensor_name or f"{key}[{i}]"
+        params = _get_parameters(entry.parameters, name, ".parameters") if entry.parameters else {}
         if raws:
-            if fields:
+            if entry.HasField("contents") and entry.contents.ListFields():
                 raise ValidationError(f"tensor {name!r} has contents, but the message uses raw contents; "
                                       "a message uses one or the other", field=name)
-            tensors.append(InferTensor.from_raw(entry.name, entry.datatype, list(entry.shape), raws[i], params))
+            tensors.append(InferTensor.from_raw(tensor_name, entry.datatype, list(entry.shape), raws[i], params))
         else:
-            tensors.append(_typed(entry, name, fields, params))
+            tensors.append(_typed(entry, name, entry.contents.ListFields(), params))
     return tensors
 
 
@@ -177,13 +189,14 @@ def _put_parameters(target: Any, params: Mapping[str, ParamValue], where: str) -
             slot.string_param = value
 
 
-def _get_parameters(source: Any, where: str) -> Parameters:
+def _get_parameters(source: Any, where: str, suffix: str = "") -> Parameters:
+    """The parameters of ``source`` (a protobuf map); an error names ``where + suffix``."""
     if not source:
         return {}
     out: Parameters = {}
     for key, param in source.items():
         which = param.WhichOneof("parameter_choice")
         if which is None:
-            raise ValidationError(f"{where}: parameter {key!r} has no value", field=where)
+            raise ValidationError(f"{where}{suffix}: parameter {key!r} has no value", field=f"{where}{suffix}")
         out[key] = getattr(param, which)
     return out

@@ -151,13 +151,14 @@ class InferTensor:
         self._init(name, kind.name, dims, values, params)
 
     def _init(self, name: str, datatype: str, shape: list[int],
-              data: np.ndarray[Any, Any] | list[bytes], parameters: Parameters) -> None:
+              data: np.ndarray[Any, Any] | list[bytes], parameters: Parameters, own: bool = False) -> None:
         self._name = name
         self._datatype = datatype
         self._shape = ReadOnlyList(shape, "tensor shape")
         if isinstance(data, np.ndarray):
-            data = data.view()
-            data.flags.writeable = False
+            if not own:  # a read-only view: the caller's array stays the caller's
+                data = data.view()
+                data.flags.writeable = False
             self._data = data
         else:
             self._data = ReadOnlyList(data, "tensor contents")
@@ -166,10 +167,11 @@ class InferTensor:
 
     @classmethod
     def _make(cls, name: str, datatype: str, shape: list[int],
-              data: np.ndarray[Any, Any] | list[bytes], parameters: Parameters) -> InferTensor:
-        """A tensor from parts already checked (the codecs' fast path)."""
+              data: np.ndarray[Any, Any] | list[bytes], parameters: Parameters, own: bool = False) -> InferTensor:
+        """A tensor from parts already checked (the codecs' fast path); ``own``: ``data`` is
+        a read-only array nothing else holds, kept as it is."""
         tensor = cls.__new__(cls)
-        tensor._init(name, datatype, shape, data, parameters)
+        tensor._init(name, datatype, shape, data, parameters, own)
         return tensor
 
     @classmethod
@@ -199,9 +201,9 @@ class InferTensor:
                 raise ValidationError(f"tensor {name!r} has shape {dims}, which holds {count} elements, "
                                       f"but its raw BYTES data holds {len(values)}", field=name)
         else:
-            values = raw.array_from_raw(data, kind, count, name)
+            values = raw.array_from_raw(data, kind, count, name)  # read-only, and no one else's
         params = check_parameters(parameters, f"{name}.parameters") if parameters else {}
-        return cls._make(name, kind.name, dims, values, params)
+        return cls._make(name, kind.name, dims, values, params, own=True)
 
     @property
     def name(self) -> str:
