@@ -33,7 +33,7 @@ class Pressure(Protocol):
     def wait_uncongested(self) -> asyncio.Future[None]: ...
 
     def hurry(self) -> bool:
-        """Send what is queued now; True if it only leaves once the caller yields."""
+        """Send what is queued now; True if some of it only leaves once the caller yields."""
 
 
 class FrameSink:
