@@ -120,7 +120,7 @@ def from_proto(message: Any) -> InferRequest | InferResponse:
         request = InferRequest(message.model_name, model_version=message.model_version, id=message.id,
                                parameters=parameters)
         request.inputs = _tensors(message.inputs, message.raw_input_contents, "inputs")
-        request.outputs = [RequestedOutput(o.name, _get_parameters(o.parameters, f"outputs[{o.name}]", ".parameters")
+        request.outputs = [RequestedOutput(o.name, _get_parameters(o.parameters, f"outputs[{o.name}].parameters")
                                            if o.parameters else {}) for o in message.outputs]
         return request
     response = InferResponse(message.model_name, model_version=message.model_version, id=message.id,
@@ -141,7 +141,7 @@ def _tensors(entries: Sequence[Any], raws: Sequence[bytes], key: str) -> list[In
             raise ValidationError(f"{key} has two tensors named {tensor_name!r}", field=tensor_name)
         seen.add(tensor_name)
         name = tensor_name or f"{key}[{i}]"
-        params = _get_parameters(entry.parameters, name, ".parameters") if entry.parameters else {}
+        params = _get_parameters(entry.parameters, f"{name}.parameters") if entry.parameters else {}
         if raws:
             if entry.HasField("contents") and entry.contents.ListFields():
                 raise ValidationError(f"tensor {name!r} has contents, but the message uses raw contents; "
@@ -189,14 +189,13 @@ def _put_parameters(target: Any, params: Mapping[str, ParamValue], where: str) -
             slot.string_param = value
 
 
-def _get_parameters(source: Any, where: str, suffix: str = "") -> Parameters:
-    """The parameters of ``source`` (a protobuf map); an error names ``where + suffix``."""
+def _get_parameters(source: Any, where: str) -> Parameters:
     if not source:
         return {}
     out: Parameters = {}
     for key, param in source.items():
         which = param.WhichOneof("parameter_choice")
         if which is None:
-            raise ValidationError(f"{where}{suffix}: parameter {key!r} has no value", field=f"{where}{suffix}")
+            raise ValidationError(f"{where}: parameter {key!r} has no value", field=where)
         out[key] = getattr(param, which)
     return out

@@ -118,3 +118,29 @@ async def test_hurry_after_the_transport_closed_its_tasks_does_not_raise():
     b.write("inbox.a", codec.Item(1, 0))
     assert b.hurry() is True
     assert b._sender is None and b._queued == 0
+
+
+async def test_a_finished_sender_leaves_the_publish_of_the_next_one_alone():
+    loop = asyncio.get_running_loop()
+    nc = Recorder()
+    b, tasks = batcher(nc)
+    first = nc.hold = loop.create_future()
+    b.write("inbox.a", codec.Item(1, 0))
+    b.flush()  # sender A; its publish waits
+    await asyncio.sleep(0)
+    second: list[asyncio.Future[None]] = []
+
+    def between_a_ending_and_its_done_callback() -> None:
+        second.append(loop.create_future())
+        nc.hold = second[0]
+        b.write("inbox.a", codec.Item(1, 1))
+        b.hurry()  # A is over: this publish is stepped here, waits, and goes to sender B
+
+    first.set_result(None)
+    loop.call_soon(between_a_ending_and_its_done_callback)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    second[0].set_result(None)
+    await tasks.join()
+    assert nc.published == [("inbox.a", [0]), ("inbox.a", [1])]
+    assert b._queued == 0 and b._sender is None

@@ -172,8 +172,9 @@ class _Batcher:
         task.add_done_callback(self._sender_done)
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
-        if self._sender is task:  # cancelled before it ran (the transport closing)
-            self._sender = None
+        if self._sender is not task:  # it ran: ``_send`` cleaned up (a later sender may be running)
+            return
+        self._sender = None  # cancelled before it ran (the transport closing)
         self._abandon()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
