@@ -31,17 +31,44 @@ def ensure_venv(extra: str) -> None:
         print(f"creating virtualenv in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / f".installed-{extra.replace(',', '-') or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
-                            + (ROOT / "constraints.txt").read_bytes()).hexdigest()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
+                            + (ROOT / "tools" / "llama_cpp_build.py").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
     spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
     print(f"installing servemesh{f'[{extra}]' if extra else ''} into {VENV} ...", flush=True)
     if "llm" in extra or extra == "dev":
-        print("(a first install builds llama-cpp-python from source: several minutes)", flush=True)
+        ensure_llama_cpp()
     run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
          str(ROOT / "constraints.txt"), "-e", spec])
     stamp.write_text(digest)
+
+
+def ensure_llama_cpp() -> None:
+    """llama-cpp-python, built from its sdist with the fix to llama.cpp's AMX kernels
+    (``tools/llama_cpp_build.py``); the wheel is kept in the user's cache, so a new
+    virtualenv installs it without building again."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import llama_cpp_build
+
+    pins = [line.split("==", 1)[1].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line.startswith("llama-cpp-python==")]
+    if not pins:
+        sys.exit("constraints.txt pins no llama-cpp-python version (llama-cpp-python==X)")
+    want = llama_cpp_build.local_version(pins[0])
+    have = subprocess.run([str(PY), "-c", "import importlib.metadata as m; print(m.version('llama-cpp-python'))"],
+                          capture_output=True, text=True).stdout.strip()
+    if have == want:
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "servemesh-build"
+    wheel = llama_cpp_build.cached_wheel(pins[0], cache)
+    if wheel is None:
+        print(f"building llama-cpp-python {want} from source (several minutes, once; kept in {cache}) ...",
+              flush=True)
+        wheel = llama_cpp_build.build_wheel(pins[0], cache, str(PY))
+    # its dependencies come with servemesh's own install, next
+    run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--force-reinstall", "--no-deps",
+         str(wheel)])
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -81,7 +108,7 @@ def test(args: list[str]) -> None:
     ensure_system_tools()
     ensure_venv("dev")  # dev includes stack and llm
     bin_dir = VENV / "bin"
-    run([str(bin_dir / "ruff"), "check", "servemesh", "tests", "examples", "benchmarks", "dev.py"])
+    run([str(bin_dir / "ruff"), "check", "servemesh", "tests", "examples", "benchmarks", "tools", "dev.py"])
     run([str(bin_dir / "mypy")])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     run([str(PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], env=env)

@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python benchmarks/llm_batching_bench.py [--duration 30] [--runs 2]
         [--concurrency 1 4 8 16] [--threads 2] [--slots 16] [--max-tokens 64]
-        [--servers today new llama-server] [--servemesh-args '--slots {slots} --threads {threads}']
+        [--servers today new llama-server] [--repack auto|on|off] [--today-kernels same|own]
+        [--servemesh-args '--slots {slots} --threads {threads} --repack {repack}']
     PYTHONPATH=. python benchmarks/llm_batching_bench.py --kv [--engine llamacpp|mock]
         [--conversations 16] [--turns 4] [--kv-concurrency 4] [--policies kv round_robin]
 
@@ -15,18 +16,26 @@ for three servers started one at a time (never two at once), in the same run:
   ``examples/llm/pipeline.py --engine llamacpp --port P`` with PYTHONPATH at that tree.
   Its ``LlamaCppEngine`` takes no thread flag, so the bench starts it through a small
   launcher (``--launch-threads``) that gives llama.cpp ``n_threads`` = ``n_threads_batch``
-  = ``--threads``, and changes nothing else;
+  = ``--threads`` and, with ``--today-kernels same`` (the default), the same kernels as the
+  other two: llama.cpp's weight repacking as ``--repack`` decides (today's engine turned it
+  off, as its AMX kernels crashed before ``tools/llama_cpp_build.py`` fixed them);
+  ``--today-kernels own`` leaves today's engine exactly as it was. Every server loads the
+  same file: the packaged model, or with repacking and AMX kernels its copy with the Q5_0
+  weights widened to Q8_0, exactly (``servemesh.llm.model.weights_for``);
 - ``new``: this tree's (``--servemesh-tree``) ``examples/llm/pipeline.py --engine llamacpp
-  --port P`` plus ``--servemesh-args`` (default ``--slots {slots} --threads {threads}``).
+  --port P`` plus ``--servemesh-args`` (default ``--slots {slots} --threads {threads}
+  --repack {repack}``).
   If that pipeline refuses those flags, the bench says so and goes on without it;
 - ``llama-server``: llama.cpp's own server from the llama.cpp that llama-cpp-python vendors,
   the installed version's sdist (``pip download --no-deps --no-binary :all:
-  llama-cpp-python==<installed>``, nothing else downloaded), built once with cmake (Release,
+  llama-cpp-python==<installed>``, nothing else downloaded), with the same AMX fix as
+  servemesh's llama-cpp-python (``tools/llama_cpp_build.py``), built once with cmake (Release,
   static, no CURL / OpenSSL / web UI / GPU backends, target ``llama-server`` only) into
   ``<cache>/llama-server-<version>/build/bin/``; started with ``--parallel {slots}``,
   ``-c slots x --ctx-per-slot``, ``-t``/``-tb`` the same threads, and llama-cpp-python's
   own defaults where llama-server's differ, so that both run the same kernels:
-  ``--no-repack`` (our ``load_llama`` turns llama.cpp's extra buffer types off),
+  ``--no-repack`` unless ``--repack`` allows repacking (``auto``: as servemesh's engine
+  decides, ``servemesh.llm.model.extra_buffers``),
   ``-fa on`` (as servemesh's engine in its default mode) and ``--swa-full`` (as servemesh's engine); its prompt cache
   off (``--no-cache-prompt --cache-ram 0 -ctxcp 0``; the prompts are distinct anyway).
   ``--llama-server-args`` adds to that command line.
@@ -239,8 +248,9 @@ def baseline_tree(ref: str, cache: Path, install: bool) -> Path:
 
 # -- llama-server from source -------------------------------------------------------------------------
 def llama_cpp_version() -> str:
+    """The installed llama-cpp-python's upstream version (without servemesh's ``+servemesh1`` label)."""
     try:
-        return importlib.metadata.version("llama-cpp-python")
+        return importlib.metadata.version("llama-cpp-python").split("+", 1)[0]
     except importlib.metadata.PackageNotFoundError:
         raise RuntimeError("llama-cpp-python is not installed in this interpreter (servemesh[llm])") from None
 
@@ -254,10 +264,15 @@ CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA
 
 
 def ensure_llama_server(cache: Path, version: str, install: bool, jobs: int) -> Path:
-    """``<cache>/llama-server-<version>/build/bin/llama-server``, built from the sdist on first use."""
+    """``<cache>/llama-server-<version>/build/bin/llama-server``, built from the sdist on first use, with
+    servemesh's AMX fix (``tools/llama_cpp_build.py``; an earlier build without it is rebuilt)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import llama_cpp_build
+
     home = cache / f"llama-server-{version}"
     binary = home / "build" / "bin" / "llama-server"
-    if binary.exists():
+    src = home / "src"
+    if binary.exists() and llama_cpp_build.patched(src):
         return binary
     if not install:
         raise RuntimeError(f"no llama-server in {binary} (run without --no-install to build it)")
@@ -269,7 +284,6 @@ def ensure_llama_server(cache: Path, version: str, install: bool, jobs: int) -> 
                         "--disable-pip-version-check", f"llama-cpp-python=={version}", "-d", str(home / "sdist")],
                        check=True)
         sdists = sorted((home / "sdist").glob("llama_cpp_python-*.tar.gz"))
-    src = home / "src"
     if not (src / "CMakeLists.txt").exists():
         shutil.rmtree(src, ignore_errors=True)
         prefix = sdists[-1].name.removesuffix(".tar.gz") + "/vendor/llama.cpp/"
@@ -280,6 +294,7 @@ def ensure_llama_server(cache: Path, version: str, install: bool, jobs: int) -> 
                     m.name = m.name[len(prefix):]
                     members.append(m)
             tar.extractall(src, members=members, filter="data")
+    llama_cpp_build.patch_source(src)
     build = home / "build"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     log = home / "build.log"
@@ -456,14 +471,17 @@ def make_servers(args: argparse.Namespace, logs: Path, model_path: Path) -> tupl
             if name == "today":
                 tree = baseline_tree(args.baseline_ref, cache, install)
                 info["today"] = f"{tree} ({args.baseline_ref})"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--launch-threads", str(args.threads), "--",
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--launch-threads", str(args.threads),
+                       "on" if args.today_kernels == "same" and args.repack_on else "own", str(model_path), "--",
                        str(tree / "examples" / "llm" / "pipeline.py"), "--engine", "llamacpp", "--port", str(port)]
                 servers.append(Server(name, Proc(name, cmd, servemesh_env(tree, logs), tree, f"{url}/ready"), url,
-                                      f"pipeline.py of {args.baseline_ref}, llama.cpp threads {args.threads}"))
+                                      f"pipeline.py of {args.baseline_ref}, llama.cpp threads {args.threads}, "
+                                      f"kernels: {args.today_kernels}"))
             elif name == "new":
                 tree = Path(args.servemesh_tree).resolve()
                 info["new"] = f"{tree} ({git_head(tree)})"
-                more = shlex.split(args.servemesh_args.format(slots=args.slots, threads=args.threads))
+                more = shlex.split(args.servemesh_args.format(slots=args.slots, threads=args.threads,
+                                                              repack=args.repack))
                 cmd = [sys.executable, str(tree / "examples" / "llm" / "pipeline.py"), "--engine", "llamacpp",
                        "--port", str(port), *more]
                 servers.append(Server(name, Proc(name, cmd, servemesh_env(tree, logs), tree, f"{url}/ready"), url,
@@ -474,7 +492,8 @@ def make_servers(args: argparse.Namespace, logs: Path, model_path: Path) -> tupl
                 info["llama-server"] = f"{binary}"
                 cmd = [str(binary), "-m", str(model_path), "--alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
                        "--parallel", str(args.slots), "-c", str(args.slots * args.ctx_per_slot),
-                       "-t", str(args.threads), "-tb", str(args.threads), "--no-repack", "-fa", "on", "--swa-full",
+                       "-t", str(args.threads), "-tb", str(args.threads),
+                       *([] if args.repack_on else ["--no-repack"]), "-fa", "on", "--swa-full",
                        "--no-cache-prompt", "--cache-ram", "0", "-ctxcp", "0", "--no-webui",
                        *shlex.split(args.llama_server_args)]
                 servers.append(Server(name, Proc(name, cmd, dict(os.environ), logs, f"{url}/health"), url,
@@ -486,9 +505,11 @@ def make_servers(args: argparse.Namespace, logs: Path, model_path: Path) -> tupl
     return servers, info
 
 
-def launch_with_threads(threads: int, script: list[str]) -> None:
+def launch_with_threads(threads: int, kernels: str, model_path: str, script: list[str]) -> None:
     """``--launch-threads``: run a baseline pipeline.py whose engine takes no thread flag, with llama.cpp
-    ``n_threads`` = ``n_threads_batch`` = ``threads`` (PYTHONPATH already points at that tree)."""
+    ``n_threads`` = ``n_threads_batch`` = ``threads`` (PYTHONPATH already points at that tree); ``kernels``
+    ``on``: with llama.cpp's weight repacking (its own default, which that engine turned off), loading
+    ``model_path`` (the file the other servers load: ``weights_for``)."""
     import runpy
 
     import servemesh.llm.engines.llamacpp as engine_module
@@ -497,7 +518,11 @@ def launch_with_threads(threads: int, script: list[str]) -> None:
 
     def load_llama(path: Any, **kwargs: Any) -> Any:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
-        print(f"launcher: load_llama({path}, {kwargs})", flush=True)
+        print(f"launcher: load_llama({path}, {kwargs}), repacking {kernels}", flush=True)
+        if kernels == "on":
+            import llama_cpp
+
+            return llama_cpp.Llama(model_path=model_path, **kwargs)  # llama.cpp's defaults: repacking on
         return load(path, **kwargs)
 
     engine_module.load_llama = load_llama
@@ -508,11 +533,12 @@ def launch_with_threads(threads: int, script: list[str]) -> None:
 
 
 def batching(args: argparse.Namespace) -> None:
-    from servemesh.llm.model import resolve_model
+    from servemesh.llm.model import resolve_model, weights_for
 
     logs = Path(args.logs or tempfile.mkdtemp(prefix="llm-batching-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model(MODEL)
+    # the file every server loads: with repacking and AMX kernels, the model's Q5_0 weights widened to Q8_0
+    model_path, _ = weights_for(resolve_model(MODEL), args.repack)
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"logs in {logs}\n  model: {model_path}\n  llama-cpp-python {llama_cpp_version()}; threads {args.threads}, "
           f"slots {args.slots}, max_tokens {args.max_tokens}, {args.duration:g}s windows after {args.warmup:g}s "
@@ -902,8 +928,8 @@ def ttft_quantiles(turns: list[Turn]) -> dict[str, float]:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--launch-threads":  # the baseline's launcher (see the docstring)
-        launch_with_threads(int(sys.argv[2]), sys.argv[sys.argv.index("--") + 1:])
+    if len(sys.argv) > 4 and sys.argv[1] == "--launch-threads":  # the baseline's launcher (see the docstring)
+        launch_with_threads(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[sys.argv.index("--") + 1:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds counted per level and run [30]")
@@ -924,8 +950,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11, help="the prompts' seed [11]")
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="today's engine: this commit [%(default)s]")
     parser.add_argument("--servemesh-tree", default=str(ROOT), help="the new engine's tree [%(default)s]")
-    parser.add_argument("--servemesh-args", default="--slots {slots} --threads {threads}",
-                        help="added to the new pipeline.py ({slots} {threads} filled in) [%(default)s]")
+    parser.add_argument("--servemesh-args", default="--slots {slots} --threads {threads} --repack {repack}",
+                        help="added to the new pipeline.py ({slots} {threads} {repack} filled in) [%(default)s]")
+    parser.add_argument("--repack", choices=["auto", "on", "off"], default="auto",
+                        help="llama.cpp's weight repacking (AMX kernels) for every server [auto: as servemesh's "
+                        "engine decides]")
+    parser.add_argument("--today-kernels", choices=["same", "own"], default="same",
+                        help="today's engine with the others' kernels, or as it was (repacking off) [same]")
     parser.add_argument("--llama-server", default=None, help="a llama-server binary instead of the cached build")
     parser.add_argument("--llama-server-args", default="", help="added to llama-server's command line")
     parser.add_argument("--build-jobs", type=int, default=os.cpu_count() or 2, help="cmake -j [the CPUs]")
@@ -953,6 +984,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.slots is None:
         args.slots = max(args.concurrency)
+    from servemesh.llm.model import extra_buffers
+
+    args.repack_on = extra_buffers(args.repack)
     if args.kv:
         kv(args)
     else:

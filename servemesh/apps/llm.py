@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..gateway.kit import Peers
 from ..gateway.openai import OpenAIFrontend
 from ..http import HttpServer
-from ..llm.model import DEFAULT_MODEL, resolve_model
+from ..llm.model import DEFAULT_MODEL, REPACK_CHOICES, resolve_model
 from ..llm.processor import ENGINE_PATH, PROCESSOR_PATH, Processor
 from ..llm.tokenizer import ByteTokenizer, GGUFTokenizer, Tokenizer
 from ..runtime import DistributedRuntime
@@ -48,7 +48,8 @@ def engine_class(kind: str) -> type:
 
 #: the llamacpp engine's options, by the names the command lines use (``--slots`` ...)
 LLAMACPP_OPTIONS = {"context_length": "n_ctx", "slots": "slots", "threads": "n_threads",
-                    "batch_tokens": "batch_tokens", "max_waiting": "max_waiting", "deterministic": "deterministic"}
+                    "batch_tokens": "batch_tokens", "max_waiting": "max_waiting", "deterministic": "deterministic",
+                    "repack": "repack"}
 
 
 def engine_kwargs(kind: str, model: str, model_path: str | None, **extra: Any) -> dict[str, Any]:
@@ -74,11 +75,15 @@ def add_engine_arguments(parser: Any) -> None:
     group.add_argument("--deterministic", action="store_true", default=None,
                        help="greedy output independent of batching and prefix-cache hits (slower when few "
                             "slots are busy)")
+    group.add_argument("--repack", choices=REPACK_CHOICES, help="let llama.cpp repack the weights for its faster "
+                       "kernels (AMX on Intel Xeon); auto (the default): unless its AMX kernels could crash "
+                       "(docs/llm.md)")
 
 
 def engine_options(args: Any) -> dict[str, Any]:
     """What ``add_engine_arguments`` parsed, for :func:`engine_kwargs`."""
-    return {k: getattr(args, k, None) for k in ("slots", "threads", "batch_tokens", "max_waiting", "deterministic")}
+    return {k: getattr(args, k, None) for k in ("slots", "threads", "batch_tokens", "max_waiting", "deterministic",
+                                                "repack")}
 
 
 def make_tokenizer(engine: str, model: str, model_path: str | None) -> Tokenizer:

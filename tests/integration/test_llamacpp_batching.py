@@ -99,15 +99,16 @@ async def test_deterministic_greedy_is_the_same_batched_alone_and_after_a_prefix
         assert warm == cold
 
 
-async def test_batched_answers_are_the_models_and_the_default_mode_shares_steps(tokenizer):
+@pytest.mark.parametrize("repack", ["auto", "off"])  # AMX kernels and widened Q5_0 here; the plain kernels
+async def test_batched_answers_are_the_models_and_the_default_mode_shares_steps(tokenizer, repack):
     """The default mode batches freely; its answers are the model's greedy answers (the
-    same as llama-cpp-python's own generate loop with the same attention settings, token
-    for token, for a lone request)."""
+    same as llama-cpp-python's own generate loop with the same attention settings and
+    kernels, token for token, for a lone request)."""
     from servemesh.llm.model import load_llama
 
     prompt = chat(tokenizer, QUESTIONS[0], system=None)
-    llm = await asyncio.to_thread(load_llama, resolve_model(DEFAULT_MODEL), n_ctx=512, n_threads=2, verbose=False,
-                                  flash_attn=True, swa_full=True)  # as the engine runs in its default mode
+    llm = await asyncio.to_thread(load_llama, resolve_model(DEFAULT_MODEL), repack=repack, n_ctx=512, n_threads=2,
+                                  verbose=False, flash_attn=True, swa_full=True)  # as the engine's default mode
     reference: list[int] = []
     for token in llm.generate(prompt, temp=0.0, reset=True):
         if token in tokenizer.stop_token_ids or len(reference) == 24:
@@ -115,7 +116,7 @@ async def test_batched_answers_are_the_models_and_the_default_mode_shares_steps(
             break
         reference.append(token)
     del llm
-    async with engine(slots=4) as (rt, client):
+    async with engine(slots=4, repack=repack) as (rt, client):
         assert await answer(client, tokenizer, prompt) == reference
         results = await asyncio.gather(*(answer(client, tokenizer, chat(tokenizer, q), max_tokens=16)
                                          for q in QUESTIONS))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from ..model import weights_for
 from .batching import PAD, DecodeFailed
 
 log = logging.getLogger("servemesh.llm.llamacpp")
@@ -44,7 +45,7 @@ class LlamaBackend:
     """A model and a context of ``slots`` sequences, each with ``n_ctx`` cells of its own."""
 
     def __init__(self, path: Path, *, slots: int, n_ctx: int, batch_tokens: int,
-                 n_threads: int | None = None, deterministic: bool = False) -> None:
+                 n_threads: int | None = None, deterministic: bool = False, repack: str = "auto") -> None:
         import llama_cpp as ll
         import numpy as np
 
@@ -54,9 +55,10 @@ class LlamaBackend:
         if quiet.level == logging.NOTSET:
             quiet.setLevel(logging.ERROR)
         ll.llama_backend_init()
+        path, repacked = weights_for(path, repack)
         mparams = ll.llama_model_default_params()
-        if hasattr(mparams, "use_extra_bufts"):  # the repacking (AMX) kernels crash on some VMs: see model.py
-            mparams.use_extra_bufts = False
+        if hasattr(mparams, "use_extra_bufts"):
+            mparams.use_extra_bufts = repacked
         self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ConfigError(f"llama.cpp could not load the model {path}")

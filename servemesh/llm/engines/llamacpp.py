@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...errors import ConfigError, ValidationError
 from ...runtime import Context
 from ...sdk import ServiceContext, async_init, endpoint, on_shutdown, service
 from ..kv import BLOCK_SIZE, KvPublisher, block_hashes
-from ..model import resolve_model
+from ..model import REPACK_CHOICES, resolve_model
 from ..protocol import EngineOutput, EngineRequest
 from . import GenerationStats
 from .batching import Batcher, Sequence
 from .metrics import EngineCollector
+
+T = TypeVar("T")
 
 log = logging.getLogger("servemesh.llm.llamacpp")
 
@@ -41,13 +44,16 @@ class LlamaCppEngine:
     computes only the rest. The cached blocks are published (``KvPublisher``) for
     KV-aware routers, and served by ``kv_state``. ``deterministic=True`` makes greedy
     output independent of batching and cache hits (``llama_batch.py``), at a cost in
-    throughput when few slots are busy. The decode loop runs in a thread of its own;
+    throughput when few slots are busy. ``repack`` lets llama.cpp repack the weights
+    for its faster kernels (``model.extra_buffers``). The decode loop runs in a thread of its own;
     the event loop only hands tokens over. The counters are on ``stats`` and, as
     ``servemesh_engine_*``, on the runtime's Prometheus ``/metrics``."""
 
     def __init__(self, ctx: ServiceContext, model: str, model_path: str | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, slots: int = 4, batch_tokens: int = 512, max_waiting: int = 64,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, repack: str = "auto") -> None:
+        if repack not in REPACK_CHOICES:
+            raise ConfigError(f"repack must be one of {', '.join(REPACK_CHOICES)} (got {repack!r})")
         if n_ctx < 256 or n_ctx % 256:
             raise ConfigError(f"the context length ({n_ctx}) must be a multiple of 256 for the llamacpp engine")
         if not 1 <= slots <= 256:
@@ -65,6 +71,7 @@ class LlamaCppEngine:
         self.batch_tokens = batch_tokens
         self.max_waiting = max_waiting
         self.deterministic = deterministic
+        self.repack = repack
         self.backend: Any = None
         self.batcher: Batcher | None = None
         self.counts = GenerationStats()
@@ -82,9 +89,9 @@ class LlamaCppEngine:
         path: Path = await asyncio.to_thread(resolve_model, self.model, self.model_path)
         log.info("loading %s from %s (%d slots of %d tokens) ...", self.model, path, self.slots, self.n_ctx)
         started = time.monotonic()
-        self.backend = await asyncio.to_thread(
+        self.backend = await in_own_thread(
             LlamaBackend, path, slots=self.slots, n_ctx=self.n_ctx, batch_tokens=self.batch_tokens,
-            n_threads=self.n_threads, deterministic=self.deterministic)
+            n_threads=self.n_threads, deterministic=self.deterministic, repack=self.repack)
         self.batcher = Batcher(self.backend, asyncio.get_running_loop(), slots=self.slots,
                                batch_tokens=self.batch_tokens, max_waiting=self.max_waiting,
                                name=f"{self.ctx.namespace}.{self.ctx.name}.generate", on_cache=self._cached,
@@ -155,3 +162,39 @@ class LlamaCppEngine:
             await asyncio.to_thread(self.batcher.close)
         if self.backend is not None and (self.batcher is None or not self.batcher.alive):
             await asyncio.to_thread(self.backend.close)
+
+
+async def in_own_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` in a thread of its own that ends with it.
+
+    llama.cpp runs its kernels in OpenMP teams, and libgomp keeps a team's threads for
+    as long as the thread that started it lives. Loading a model can start one (weight
+    repacking does), and a pool thread (``asyncio.to_thread``) lives on: the decode
+    thread's own team then makes more OpenMP threads than cores, so libgomp stops
+    spinning at its barriers and every one of a step's hundreds of barriers sleeps
+    in the kernel (a decode step took twice as long, measured)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    thread = threading.Thread(target=run, name=f"load {getattr(func, '__name__', 'model')}", daemon=True)
+    thread.start()
+    result = await done
+    await asyncio.to_thread(thread.join)  # its OpenMP team is gone before the first step
+    return result
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
