@@ -33,12 +33,12 @@ def ensure_venv(extra: str) -> None:
     stamp = VENV / f".installed-{extra.replace(',', '-') or 'base'}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
                             + (ROOT / "tools" / "llama_cpp_build.py").read_bytes()).hexdigest()
+    if "llm" in extra or extra == "dev":
+        ensure_llama_cpp()  # every time: a pip install elsewhere may have replaced the fixed build
     if stamp.exists() and stamp.read_text() == digest:
         return
     spec = f"{ROOT}[{extra}]" if extra else str(ROOT)
     print(f"installing servemesh{f'[{extra}]' if extra else ''} into {VENV} ...", flush=True)
-    if "llm" in extra or extra == "dev":
-        ensure_llama_cpp()
     run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
          str(ROOT / "constraints.txt"), "-e", spec])
     stamp.write_text(digest)

@@ -1,27 +1,32 @@
 """llama-cpp-python, built from its sdist with servemesh's fix to llama.cpp's AMX kernels.
 
 llama.cpp built with ``-march=native`` on a CPU with AMX (Intel Xeon since Sapphire
-Rapids) repacks weights for its AMX matrix kernels. Built with GCC 12, those kernels
-crash (SIGSEGV at ``ldtilecfg``): GCC 12's ``_tile_loadconfig`` tells the compiler that
-it reads the first 8 bytes of the 64-byte tile configuration, so the stores that fill in
-the rest of it, on the stack, are dropped as dead, and the CPU is handed garbage. (The
-same bug upstream: ggml-org/llama.cpp#20824, fix proposed in #26954.) The fix keeps the
+Rapids) repacks weights for its AMX matrix kernels. Built with GCC up to 13.2 (Debian
+12 has GCC 12), those kernels crash (SIGSEGV at ``ldtilecfg``): that GCC's
+``_tile_loadconfig`` tells the compiler it reads the first 8 bytes of the 64-byte tile
+configuration, so the stores that fill in the rest of it, on the stack, are dropped as
+dead, and the CPU is handed garbage. (The same bug upstream: ggml-org/llama.cpp#20824;
+#26954 proposes this fix together with a per-thread ``arch_prctl``, which Linux does not
+need: the AMX permission ggml asks for is the whole process's.) The fix keeps the
 configuration in static storage, where every byte is written; the build also exports
 ``servemesh_amx_tile_config_fix`` so that servemesh can tell a fixed library from one
 that would crash (``servemesh.llm.model.extra_buffers``). With the fix, the AMX kernels
-make a decode step of gemma-3-270m 1.5-1.7x faster on a 2-core Xeon.
+make a decode step of gemma-3-270m 1.5-1.8x faster on a 2-core Xeon.
 
 Standard library only: ``dev.py`` runs this before anything is installed, and the
 benchmarks use ``patch_source`` for the llama-server they build.
 
-    wheel = build_wheel("0.3.36", cache_dir, python)   # cached: built once per version
+    wheel = build_wheel("0.3.36", cache_dir, python)   # cached: built once per version and machine
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -45,7 +50,7 @@ _STACK_CONFIG = """    alignas(64) tile_config_t tc = {};
 
     _tile_loadconfig(&tc);"""
 
-_STATIC_CONFIG = """    // servemesh: in static storage. On the stack, GCC 12 drops these stores as dead (its
+_STATIC_CONFIG = """    // servemesh: in static storage. On the stack, GCC <= 13.2 drops these stores as dead (its
     // _tile_loadconfig claims to read 8 bytes) and ldtilecfg faults on the garbage left.
     alignas(64) static const tile_config_t tc = [] {
         tile_config_t c = {};
@@ -113,16 +118,29 @@ def download_sdist(python: str, version: str, dest: Path) -> Path:
     return found[0]
 
 
+def machine_key() -> str:
+    """What a build is for: it is compiled for the CPU it was built on (``-march=native``),
+    with the ``CMAKE_ARGS`` of that build, for this Python."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    seed = "\0".join((platform.machine(), sys.platform, f"{sys.version_info[:2]}", flags,
+                      os.environ.get("CMAKE_ARGS", ""), str(PATCH_LEVEL)))
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
 def cached_wheel(version: str, cache: Path) -> Path | None:
-    """The fixed build of ``version`` in ``cache``, if it was built before."""
-    found = sorted(cache.glob(f"llama_cpp_python-{local_version(version)}-*.whl"))
+    """The fixed build of ``version`` for this machine in ``cache``, if it was built before."""
+    found = sorted((cache / machine_key()).glob(f"llama_cpp_python-{local_version(version)}-*.whl"))
     return found[0] if found else None
 
 
 def build_wheel(version: str, cache: Path, python: str) -> Path:
     """The fixed llama-cpp-python ``version`` as a wheel in ``cache`` (built once: minutes)."""
     want = local_version(version)
-    cache.mkdir(parents=True, exist_ok=True)
     found = cached_wheel(version, cache)
     if found is not None:
         return found
@@ -130,7 +148,10 @@ def build_wheel(version: str, cache: Path, python: str) -> Path:
         work = Path(tmp)
         sdist = download_sdist(python, version, work)
         with tarfile.open(sdist) as tar:
-            tar.extractall(work / "src", filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: no links or paths out of the folder
+                tar.extractall(work / "src", filter="data")
+            else:
+                tar.extractall(work / "src")
         root = work / "src" / sdist.name.removesuffix(".tar.gz")
         patch_source(root / "vendor" / "llama.cpp")
         init = root / "llama_cpp" / "__init__.py"
@@ -143,11 +164,10 @@ def build_wheel(version: str, cache: Path, python: str) -> Path:
         built = sorted((work / "wheel").glob("llama_cpp_python-*.whl"))
         if not built:
             raise PatchError("pip wheel made no llama_cpp_python wheel")
-        target = cache / built[0].name
-        shutil.copy2(built[0], target)
+        home = cache / machine_key()
+        home.mkdir(parents=True, exist_ok=True)
+        target = home / built[0].name
+        part = home / f".{built[0].name}.part"
+        shutil.copy2(built[0], part)
+        os.replace(part, target)  # a wheel in the cache is a whole one
         return target
-
-
-def fingerprint() -> str:
-    """Changes whenever this file does (``dev.py`` reinstalls then)."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]

@@ -7,12 +7,16 @@ half-precision scale ``d`` and 32 five-bit values ``q``, meaning ``d * (q - 16)`
 Q8_0 block is ``d`` and 32 signed bytes, meaning ``d * v``. So ``v = q - 16`` with the
 same ``d`` is the very same weight: the widened file holds the same model, 22 bytes of
 every Q5_0 block becoming 34. Everything else (metadata, other tensors) is copied as is.
+Files this does not fully understand (a tensor type it has no size for, a layout
+llama.cpp would not load, a model split over several files) are refused with
+``ConfigError``; the caller then loads the original.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,8 +26,17 @@ from ..errors import ConfigError
 
 Q5_0, Q8_0 = 6, 8
 _Q5_0_BLOCK, _Q8_0_BLOCK, _BLOCK = 22, 34, 32
+#: ggml type -> (bytes per block, values per block), for the types a GGUF model may hold
+_TYPE_SIZE = {0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32), 8: (34, 32), 9: (36, 32),
+              10: (84, 256), 11: (110, 256), 12: (144, 256), 13: (176, 256), 14: (210, 256), 15: (292, 256),
+              16: (66, 256), 17: (74, 256), 18: (98, 256), 19: (50, 256), 20: (18, 32), 21: (110, 256),
+              22: (82, 256), 23: (136, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1),
+              29: (56, 256), 30: (2, 1)}
 #: sizes of GGUF's fixed-size metadata value types (8: string, 9: array are read apart)
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+#: Q5_0 blocks widened at a time (bounds the memory a large tensor needs)
+_CHUNK_BLOCKS = 1 << 16
+_COPY = 8 << 20
 
 
 class _Tensor:
@@ -39,56 +52,85 @@ class _Tensor:
             n *= d
         return n
 
+    def nbytes(self, type_: int | None = None) -> int:
+        kind = self.type if type_ is None else type_
+        if kind not in _TYPE_SIZE:
+            raise ConfigError(f"tensor {self.name.decode(errors='replace')} has a ggml type ({kind}) this cannot size")
+        size, block = _TYPE_SIZE[kind]
+        if self.elements % block:
+            raise ConfigError(f"tensor {self.name.decode(errors='replace')} is not whole blocks of its type")
+        return self.elements // block * size
+
+
+class _Layout:
+    __slots__ = ("alignment", "data_start", "meta_end", "splits", "tensors")
+
+    def __init__(self, meta_end: int, alignment: int, splits: int, tensors: list[_Tensor], data_start: int) -> None:
+        self.meta_end, self.alignment, self.splits, self.tensors = meta_end, alignment, splits, tensors
+        self.data_start = data_start
+
+
+def _name(f: BinaryIO) -> str:
+    return str(getattr(f, "name", "the model"))
+
+
+def _bytes(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ConfigError(f"{_name(f)} is not a complete GGUF file")
+    return data
+
 
 def _read(f: BinaryIO, fmt: str) -> tuple[int, ...]:
-    size = struct.calcsize(fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise ConfigError(f"{getattr(f, 'name', 'the model')} is not a complete GGUF file")
-    return struct.unpack(fmt, data)
+    return struct.unpack(fmt, _bytes(f, struct.calcsize(fmt)))
 
 
 def _skip_value(f: BinaryIO, kind: int) -> None:
     if kind == 8:
         (n,) = _read(f, "<Q")
-        f.seek(n, os.SEEK_CUR)
+        _bytes(f, n)
     elif kind == 9:
         item, count = _read(f, "<IQ")
         if item in _SCALAR:
-            f.seek(_SCALAR[item] * count, os.SEEK_CUR)
+            _bytes(f, _SCALAR[item] * count)
         else:
             for _ in range(count):
                 _skip_value(f, item)
     elif kind in _SCALAR:
-        f.seek(_SCALAR[kind], os.SEEK_CUR)
+        _bytes(f, _SCALAR[kind])
     else:
-        raise ConfigError(f"unknown GGUF metadata type {kind} in {getattr(f, 'name', 'the model')}")
+        raise ConfigError(f"unknown GGUF metadata type {kind} in {_name(f)}")
 
 
-def _layout(f: BinaryIO) -> tuple[int, int, list[_Tensor]]:
-    """(end of the metadata, alignment, tensors) of the GGUF file ``f``."""
+def _layout(f: BinaryIO) -> _Layout:
     magic, version, n_tensors, n_kv = _read(f, "<4sIQQ")
     if magic != b"GGUF" or version not in (2, 3):
-        raise ConfigError(f"{getattr(f, 'name', 'the model')} is not a GGUF file of version 2 or 3")
-    alignment = 32
+        raise ConfigError(f"{_name(f)} is not a little-endian GGUF file of version 2 or 3")
+    alignment, splits = 32, 1
     for _ in range(n_kv):
         (n,) = _read(f, "<Q")
-        key = f.read(n)
+        key = _bytes(f, n)
         (kind,) = _read(f, "<I")
         if key == b"general.alignment" and kind == 4:
             (alignment,) = _read(f, "<I")
+        elif key == b"split.count" and kind == 2:
+            (splits,) = _read(f, "<H")
         else:
             _skip_value(f, kind)
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ConfigError(f"{_name(f)} has an alignment of {alignment}, not a power of two")
     meta_end = f.tell()
     tensors = []
     for _ in range(n_tensors):
         (n,) = _read(f, "<Q")
-        name = f.read(n)
+        name = _bytes(f, n)
         (n_dims,) = _read(f, "<I")
+        if n_dims > 4:
+            raise ConfigError(f"tensor {name.decode(errors='replace')} of {_name(f)} has {n_dims} dimensions")
         dims = _read(f, f"<{n_dims}Q")
         type_, offset = _read(f, "<IQ")
         tensors.append(_Tensor(name, dims, type_, offset))
-    return meta_end, alignment, tensors
+    return _Layout(meta_end, alignment, splits, tensors, _align(f.tell(), alignment))
 
 
 def _align(n: int, alignment: int) -> int:
@@ -97,7 +139,7 @@ def _align(n: int, alignment: int) -> int:
 
 def has_q5_0(path: Path) -> bool:
     with path.open("rb") as f:
-        return any(t.type == Q5_0 for t in _layout(f)[2])
+        return any(t.type == Q5_0 for t in _layout(f).tensors)
 
 
 def widen_q5_0(blocks: bytes) -> bytes:
@@ -115,42 +157,53 @@ def widen_q5_0(blocks: bytes) -> bytes:
 
 
 def write_widened(src: Path, dst: Path) -> None:
-    """``src`` with every Q5_0 tensor stored as Q8_0, written to ``dst`` (atomically)."""
+    """``src`` with every Q5_0 tensor stored as Q8_0, written to ``dst`` (a complete file
+    appears under that name, or none: written aside, flushed to disk, then renamed)."""
     with src.open("rb") as f:
-        meta_end, alignment, tensors = _layout(f)
-        data_start = _align(f.tell(), alignment)  # the tensor infos end here
-        file_end = f.seek(0, os.SEEK_END)
-        ends = sorted({t.offset for t in tensors} | {file_end - data_start})
-        size_of = {off: ends[i + 1] - off for i, off in enumerate(ends[:-1])}
-        new_offsets: list[int] = []
-        sizes: list[int] = []
+        layout = _layout(f)
+        if layout.splits > 1:
+            raise ConfigError(f"{src} is one part of a model split over {layout.splits} files")
+        file_size = f.seek(0, os.SEEK_END)
         at = 0
-        for t in tensors:
-            if t.type == Q5_0:
-                if t.elements % _BLOCK:
-                    raise ConfigError(f"tensor {t.name.decode()} of {src} is not whole Q5_0 blocks")
-                size = t.elements // _BLOCK * _Q8_0_BLOCK
-            else:
-                size = size_of[t.offset]
-            new_offsets.append(at)
-            sizes.append(size)
-            at = _align(at + size, alignment)
-        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.part")  # processes widening at once never share one
-        with tmp.open("wb") as out:
-            f.seek(0)
-            out.write(f.read(meta_end))
-            for t, offset in zip(tensors, new_offsets, strict=True):
-                out.write(struct.pack("<Q", len(t.name)) + t.name + struct.pack("<I", len(t.dims)))
-                out.write(struct.pack(f"<{len(t.dims)}Q", *t.dims))
-                out.write(struct.pack("<IQ", Q8_0 if t.type == Q5_0 else t.type, offset))
-            out.write(b"\0" * (_align(out.tell(), alignment) - out.tell()))
-            base = out.tell()
-            for t, offset, size in zip(tensors, new_offsets, sizes, strict=True):
-                out.write(b"\0" * (base + offset - out.tell()))
-                f.seek(data_start + t.offset)
-                if t.type == Q5_0:
-                    out.write(widen_q5_0(f.read(t.elements // _BLOCK * _Q5_0_BLOCK)))
-                else:
-                    out.write(f.read(size))
-        tmp.replace(dst)
+        for t in layout.tensors:  # the layout llama.cpp insists on: tensors back to back, each aligned
+            if t.offset != at or layout.data_start + t.offset + t.nbytes() > file_size:
+                raise ConfigError(f"tensor {t.name.decode(errors='replace')} of {src} is not where GGUF puts it")
+            at = _align(at + t.nbytes(), layout.alignment)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _write(f, out, layout)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
+
+def _write(f: BinaryIO, out: BinaryIO, layout: _Layout) -> None:
+    f.seek(0)
+    out.write(_bytes(f, layout.meta_end))
+    at = 0
+    for t in layout.tensors:
+        kind = Q8_0 if t.type == Q5_0 else t.type
+        out.write(struct.pack("<Q", len(t.name)) + t.name + struct.pack("<I", len(t.dims)))
+        out.write(struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", kind, at))
+        at = _align(at + t.nbytes(kind), layout.alignment)
+    out.write(b"\0" * (_align(out.tell(), layout.alignment) - out.tell()))
+    base = out.tell()
+    for t in layout.tensors:
+        written = out.tell() - base
+        out.write(b"\0" * (_align(written, layout.alignment) - written))
+        f.seek(layout.data_start + t.offset)
+        left = t.nbytes()
+        if t.type == Q5_0:
+            while left:
+                n = min(left, _CHUNK_BLOCKS * _Q5_0_BLOCK)
+                out.write(widen_q5_0(_bytes(f, n)))
+                left -= n
+        else:
+            while left:
+                n = min(left, _COPY)
+                out.write(_bytes(f, n))
+                left -= n

@@ -87,19 +87,23 @@ AMX_FIX_MARKER = "servemesh_amx_tile_config_fix"
 _warned = False
 
 
+def check_repack(repack: str) -> str:
+    if repack not in REPACK_CHOICES:
+        raise ConfigError(f"repack must be one of {', '.join(REPACK_CHOICES)} (got {repack!r})")
+    return repack
+
+
 def extra_buffers(repack: str = "auto") -> bool:
     """Whether llama.cpp may repack the model's weights for its faster kernels (AMX on Intel
     Xeon, interleaved layouts elsewhere): ``on``, ``off``, or ``auto``.
 
     ``auto`` says yes unless that could crash: a llama.cpp built with its AMX kernels
-    (``-march=native`` on an AMX CPU) by GCC 12 faults in them (SIGSEGV at ``ldtilecfg``),
-    unless it carries servemesh's fix, which ``python3 dev.py`` builds in
+    (``-march=native`` on an AMX CPU) by GCC up to 13.2 faults in them (SIGSEGV at
+    ``ldtilecfg``), unless it carries servemesh's fix, which ``python3 dev.py`` builds in
     (``tools/llama_cpp_build.py``). Without AMX kernels in the build there is nothing to
-    crash. Repacking made a decode step of gemma-3-270m 1.5-1.7x faster on a Xeon with AMX."""
+    crash. Repacking made a decode step of gemma-3-270m 1.5-1.8x faster on a Xeon with AMX."""
     global _warned
-    if repack not in REPACK_CHOICES:
-        raise ConfigError(f"repack must be one of {', '.join(REPACK_CHOICES)} (got {repack!r})")
-    if repack != "auto":
+    if check_repack(repack) != "auto":
         return repack == "on"
     from llama_cpp import llama_cpp as bindings
 
@@ -111,8 +115,8 @@ def extra_buffers(repack: str = "auto") -> bool:
     if not _warned:
         _warned = True
         log.warning("llama.cpp's weight repacking is off: this llama-cpp-python has AMX kernels built without "
-                    "servemesh's fix (they crash when built by GCC 12); `python3 dev.py main` builds a fixed one, "
-                    "or say repack=on if yours was built by a newer compiler")
+                    "servemesh's fix (built by GCC up to 13.2 they crash); `python3 dev.py main` builds a fixed one "
+                    "(docs/llm.md, 'Weight repacking'); say repack=on only if yours was built by GCC 14 or clang")
     return False
 
 
@@ -133,20 +137,30 @@ def weights_for(path: Path, repack: str = "auto") -> tuple[Path, bool]:
     to Q8_0: the same weights exactly (``gguf.py``), 9% more bytes, made once into
     ``~/.cache/servemesh/models``. For gemma-3-270m on the 2-core Xeon: a 90-token prefill
     in 78 instead of 122 ms, a decode step of one sequence in 11.0 instead of 14.1 ms, of
-    eight in 23.1 instead of 28.1."""
+    eight in 23.1 instead of 28.1. Widening is only a speed-up: when the copy cannot be
+    made (a model file it does not understand, no room, a read-only home) the original
+    is loaded, with a warning."""
     from . import gguf
 
     allowed = extra_buffers(repack)
-    if not allowed or not amx_kernels() or not gguf.has_q5_0(path):
+    if not allowed or not amx_kernels():
         return path, allowed
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    widened = Path.home() / ".cache" / "servemesh" / "models" / f"{path.stem}.{key}.q8_0-for-amx.gguf"
-    if not widened.exists():
-        widened.parent.mkdir(parents=True, exist_ok=True)
-        log.info("widening the Q5_0 weights of %s to Q8_0 for llama.cpp's AMX kernels (first use only): %s",
-                 path.name, widened)
-        gguf.write_widened(path, widened)
+    widened = path
+    try:
+        if not gguf.has_q5_0(path):
+            return path, allowed
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        widened = Path.home() / ".cache" / "servemesh" / "models" / f"{path.stem}.{key}.q8_0-for-amx.gguf"
+        if not widened.exists():
+            widened.parent.mkdir(parents=True, exist_ok=True)
+            log.info("widening the Q5_0 weights of %s to Q8_0 for llama.cpp's AMX kernels (first use only): %s",
+                     path.name, widened)
+            gguf.write_widened(path, widened)
+    except (OSError, ConfigError) as exc:
+        log.warning("loading %s as it is, without its Q5_0 weights widened for the AMX kernels (slower): could "
+                    "not write %s: %s", path, widened, exc)
+        return path, allowed
     return widened, allowed
 
 

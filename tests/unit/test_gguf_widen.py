@@ -56,9 +56,10 @@ def gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(text)) + text.encode()
 
 
-def write_model(path: Path, tensors: list[tuple[str, tuple[int, ...], int, bytes]], alignment: int = 64) -> bytes:
-    """A small GGUF v3 file; returns its metadata bytes."""
-    kv = [gguf_string("general.architecture") + struct.pack("<I", 8) + gguf_string("test"),
+def write_model(path: Path, tensors: list[tuple[str, tuple[int, ...], int, bytes]], alignment: int = 64,
+                more: bytes = b"") -> bytes:
+    """A small GGUF v3 file (``more``: one more metadata entry); returns its metadata bytes."""
+    kv = [*([more] if more else []),gguf_string("general.architecture") + struct.pack("<I", 8) + gguf_string("test"),
           gguf_string("general.alignment") + struct.pack("<II", 4, alignment),
           gguf_string("tokenizer.tokens") + struct.pack("<IIQ", 9, 8, 2) + gguf_string("a") + gguf_string("bc"),
           gguf_string("sizes") + struct.pack("<IIQ3i", 9, 5, 3, 1, 2, 3),
@@ -79,17 +80,16 @@ def write_model(path: Path, tensors: list[tuple[str, tuple[int, ...], int, bytes
 def tensor_data(path: Path) -> dict[str, tuple[int, bytes]]:
     raw = path.read_bytes()
     with path.open("rb") as f:
-        _, alignment, tensors = gguf._layout(f)
-        start = -(-f.tell() // alignment) * alignment
+        layout = gguf._layout(f)
     out = {}
-    for t in tensors:
-        size = t.elements // 32 * (34 if t.type == gguf.Q8_0 else 22) if t.type != F32 else t.elements * 4
-        assert (start + t.offset) % alignment == 0
-        out[t.name.decode()] = (t.type, raw[start + t.offset:start + t.offset + size])
+    for t in layout.tensors:
+        assert (layout.data_start + t.offset) % layout.alignment == 0
+        out[t.name.decode()] = (t.type, raw[layout.data_start + t.offset:layout.data_start + t.offset + t.nbytes()])
     return out
 
 
-def test_a_file_is_rewritten_with_its_q5_0_tensors_widened(tmp_path):
+def test_a_file_is_rewritten_with_its_q5_0_tensors_widened(tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf, "_CHUNK_BLOCKS", 3)  # a tensor widened in pieces comes out the same
     rng = np.random.default_rng(3)
     a, c = random_q5_0(rng, 4), random_q5_0(rng, 1)
     b = np.arange(3, dtype="<f4").tobytes()
@@ -103,13 +103,13 @@ def test_a_file_is_rewritten_with_its_q5_0_tensors_widened(tmp_path):
     assert got["a"][0] == got["c"][0] == gguf.Q8_0 and got["b"] == (F32, b)
     assert np.array_equal(dequant_q8_0(got["a"][1]), dequant_q5_0(a))
     assert np.array_equal(dequant_q8_0(got["c"][1]), dequant_q5_0(c))
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
 
 
 def test_files_that_are_not_whole_gguf_are_refused(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"NOPE" + b"\x00" * 40)
-    with pytest.raises(ConfigError, match="not a GGUF file"):
+    with pytest.raises(ConfigError, match="not a little-endian GGUF file"):
         gguf.has_q5_0(bad)
     src = tmp_path / "m.gguf"
     write_model(src, [("a", (32,), gguf.Q5_0, random_q5_0(np.random.default_rng(1), 1))])
@@ -142,3 +142,45 @@ def test_the_widened_copy_is_made_once_and_only_for_amx_kernels(tmp_path, monkey
     plain = tmp_path / "plain.gguf"
     write_model(plain, [("b", (3,), F32, np.zeros(3, "<f4").tobytes())])
     assert model.weights_for(plain, "on") == (plain, True)  # nothing to widen
+
+
+def test_layouts_llama_cpp_would_not_load_are_refused_and_leave_nothing(tmp_path):
+    block = random_q5_0(np.random.default_rng(2), 1)
+    write_model(tmp_path / "split.gguf", [("a", (32,), gguf.Q5_0, block)],
+                more=gguf_string("split.count") + struct.pack("<IH", 2, 2))
+    write_model(tmp_path / "type.gguf", [("a", (32,), gguf.Q5_0, block), ("x", (32,), 99, b"?" * 64)])
+    src = tmp_path / "offset.gguf"
+    write_model(src, [("a", (32,), gguf.Q5_0, block)])
+    raw = bytearray(src.read_bytes())
+    at = raw.index(struct.pack("<QIQ", 32, gguf.Q5_0, 0))  # its one dimension, type and offset
+    raw[at + 12:at + 20] = struct.pack("<Q", 64)  # its data said to start elsewhere
+    src.write_bytes(bytes(raw))
+    for name, match in (("split", "split over 2 files"), ("type", "ggml type .99."), ("offset", "not where GGUF")):
+        with pytest.raises(ConfigError, match=match):
+            gguf.write_widened(tmp_path / f"{name}.gguf", tmp_path / "out.gguf")
+    data_cut = tmp_path / "data-cut.gguf"
+    write_model(data_cut, [("a", (64,), gguf.Q5_0, random_q5_0(np.random.default_rng(4), 2))])
+    data_cut.write_bytes(data_cut.read_bytes()[:-30])
+    with pytest.raises(ConfigError, match="not where GGUF puts it"):
+        gguf.write_widened(data_cut, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_when_no_copy_can_be_made_the_original_is_loaded(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from servemesh.llm import model
+
+    home = tmp_path / "home"
+    home.write_text("a file where the home directory should be")  # nothing can be made under it
+    monkeypatch.setattr(Path, "home", lambda: home)
+    monkeypatch.setattr(model, "amx_kernels", lambda: True)
+    src = tmp_path / "m.gguf"
+    write_model(src, [("a", (32,), gguf.Q5_0, random_q5_0(np.random.default_rng(8), 1))])
+    with caplog.at_level(logging.WARNING, logger="servemesh.llm"):
+        assert model.weights_for(src, "on") == (src, True)
+    assert any("loading" in r.getMessage() and "as it is" in r.getMessage() for r in caplog.records)
+    odd = tmp_path / "odd.gguf"
+    write_model(odd, [("a", (32,), gguf.Q5_0, b"\0" * 22), ("x", (32,), 99, b"?" * 64)])
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home2")
+    assert model.weights_for(odd, "on") == (odd, True)  # a tensor type it cannot size: loaded as it is

@@ -124,6 +124,29 @@ async def test_a_model_loads_in_a_thread_that_is_gone_before_decoding():
     with pytest.raises(ConfigError, match="no such model"):
         await in_own_thread(broken)
 
+    class Model:
+        closed = threading.Event()
+
+        def close(self) -> None:
+            self.closed.set()
+
+    release = threading.Event()
+
+    def slow() -> Model:
+        release.wait(10)
+        return Model()
+
+    import asyncio
+
+    start = asyncio.create_task(in_own_thread(slow))
+    await asyncio.sleep(0)
+    start.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await asyncio.to_thread(Model.closed.wait, 10)
+    assert Model.closed.is_set()  # a start given up frees what it loaded
+
 
 def test_the_command_lines_pass_repack_to_the_llamacpp_engine_only():
     import argparse

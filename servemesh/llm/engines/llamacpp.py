@@ -14,7 +14,7 @@ from ...errors import ConfigError, ValidationError
 from ...runtime import Context
 from ...sdk import ServiceContext, async_init, endpoint, on_shutdown, service
 from ..kv import BLOCK_SIZE, KvPublisher, block_hashes
-from ..model import REPACK_CHOICES, resolve_model
+from ..model import check_repack, resolve_model
 from ..protocol import EngineOutput, EngineRequest
 from . import GenerationStats
 from .batching import Batcher, Sequence
@@ -52,8 +52,6 @@ class LlamaCppEngine:
     def __init__(self, ctx: ServiceContext, model: str, model_path: str | None = None, n_ctx: int = 2048,
                  n_threads: int | None = None, slots: int = 4, batch_tokens: int = 512, max_waiting: int = 64,
                  deterministic: bool = False, repack: str = "auto") -> None:
-        if repack not in REPACK_CHOICES:
-            raise ConfigError(f"repack must be one of {', '.join(REPACK_CHOICES)} (got {repack!r})")
         if n_ctx < 256 or n_ctx % 256:
             raise ConfigError(f"the context length ({n_ctx}) must be a multiple of 256 for the llamacpp engine")
         if not 1 <= slots <= 256:
@@ -71,7 +69,7 @@ class LlamaCppEngine:
         self.batch_tokens = batch_tokens
         self.max_waiting = max_waiting
         self.deterministic = deterministic
-        self.repack = repack
+        self.repack = check_repack(repack)
         self.backend: Any = None
         self.batcher: Batcher | None = None
         self.counts = GenerationStats()
@@ -177,12 +175,16 @@ async def in_own_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     done: asyncio.Future[T] = loop.create_future()
 
     def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, done, result, error)
+        except RuntimeError:  # the event loop closed while this ran: nobody takes the result
+            _discard(result)
 
     thread = threading.Thread(target=run, name=f"load {getattr(func, '__name__', 'model')}", daemon=True)
     thread.start()
@@ -192,9 +194,16 @@ async def in_own_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.cancelled():
+    if future.cancelled():  # the start was given up: what was loaded is freed, not leaked
+        _discard(result)
         return
     if exc is not None:
         future.set_exception(exc)
     else:
         future.set_result(result)
+
+
+def _discard(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()
