@@ -65,7 +65,10 @@ def ensure_llama_cpp() -> None:
     if wheel is None:
         print(f"building llama-cpp-python {want} from source (several minutes, once; kept in {cache}) ...",
               flush=True)
-        wheel = llama_cpp_build.build_wheel(pins[0], cache, str(PY))
+        try:
+            wheel = llama_cpp_build.build_wheel(pins[0], cache, str(PY))
+        except (llama_cpp_build.PatchError, subprocess.CalledProcessError, OSError) as exc:
+            sys.exit(f"could not build llama-cpp-python {want}: {exc} (pip's output above says more)")
     # its dependencies come with servemesh's own install, next
     run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--force-reinstall", "--no-deps",
          str(wheel)])
