@@ -105,12 +105,11 @@ def extra_buffers(repack: str = "auto") -> bool:
     global _warned
     if check_repack(repack) != "auto":
         return repack == "on"
-    from llama_cpp import llama_cpp as bindings
-
-    lib = getattr(bindings, "_lib", None)
-    if not hasattr(lib, "ggml_cpu_has_amx_int8"):  # not the library layout this knows: the plain kernels
+    lib = _library()
+    has_amx = getattr(lib, "ggml_cpu_has_amx_int8", None)
+    if has_amx is None:  # not the library layout this knows: the plain kernels
         return False
-    if not amx_kernels() or hasattr(lib, AMX_FIX_MARKER):
+    if not has_amx() or hasattr(lib, AMX_FIX_MARKER):
         return True
     if not _warned:
         _warned = True
@@ -120,11 +119,16 @@ def extra_buffers(repack: str = "auto") -> bool:
     return False
 
 
-def amx_kernels() -> bool:
-    """The installed llama.cpp was built with its AMX kernels."""
+def _library() -> Any:
+    """llama-cpp-python's handle on libllama (and the ggml libraries it loads), or None."""
     from llama_cpp import llama_cpp as bindings
 
-    has_amx = getattr(getattr(bindings, "_lib", None), "ggml_cpu_has_amx_int8", None)
+    return getattr(bindings, "_lib", None)
+
+
+def amx_kernels() -> bool:
+    """The installed llama.cpp was built with its AMX kernels."""
+    has_amx = getattr(_library(), "ggml_cpu_has_amx_int8", None)
     return bool(has_amx is not None and has_amx())
 
 

@@ -67,7 +67,7 @@ def test_the_fixed_build_still_satisfies_the_pin(build):
     assert SpecifierSet("==0.3.36").contains(version)  # constraints.txt keeps working
 
 
-def test_repack_choices(monkeypatch):
+def test_repack_choices():
     assert model.extra_buffers("on") is True
     assert model.extra_buffers("off") is False
     with pytest.raises(ConfigError, match="repack must be one of auto, on, off"):
