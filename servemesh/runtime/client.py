@@ -239,7 +239,7 @@ class Client:
             self._release(instance_id)
 
     def _choose(self, router: Router, exclude: set[int] | None, pinned: int | None) -> InstanceRecord | None:
-        live = self._live()
+        live = self._instances if not self._quarantine else self._live()
         if pinned is not None:
             return self._instances.get(pinned) if not exclude or pinned not in exclude else None
         candidates = [i for i in live if i not in exclude] if exclude else list(live)
@@ -393,10 +393,15 @@ class ResponseStream:
             self._chosen = record
             return None
         client._load[iid] = client._load.get(iid, 0) + 1
-        self._opened(src, record)
-        if src.refusable:  # a remote stream may still be refused: not this instance again
-            self._tried = {iid}
-            return None
+        if src.refusable or self._ctx is not None:
+            self._opened(src, record)
+            if src.refusable:  # a remote stream may still be refused: not this instance again
+                self._tried = {iid}
+                return None
+        else:  # ``_opened`` with nothing to link
+            self._src = src
+            self._record = record
+            src.on_close = self._finish  # type: ignore[attr-defined]
         return src.items(ANNOTATED if self._annotated else DATA)
 
     def _opened(self, src: ClientStream, record: InstanceRecord) -> None:
@@ -473,7 +478,15 @@ class ResponseStream:
         if self._done and self._record is None and self._unlink is None and self._timer is None:
             return
         self._done = True
-        self._release()
+        record = self._record
+        if record is not None:  # ``_release``, inline: this runs once per stream
+            self._record = None
+            load, iid = self._client._load, record.instance_id
+            left = load.get(iid, 1) - 1
+            if left <= 0:
+                load.pop(iid, None)
+            else:
+                load[iid] = left
         if self._unlink is not None:
             self._unlink()
             self._unlink = None
@@ -494,6 +507,8 @@ class ResponseStream:
     def __del__(self) -> None:
         # An iterator we held is finalised right after us and its cleanup cancels the
         # call; our own bookkeeping (load, context link, deadline timer) ends here.
+        if self._done and self._record is None and self._unlink is None and self._timer is None:
+            return  # ended (the usual case): nothing left
         try:
             src = self._src
             if src is not None and not src.finished and (self._it is None or _never_ran(self._it)):

@@ -6,7 +6,7 @@ the Prometheus metric families are built when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,7 +32,7 @@ class EndpointMetrics:
     def finished(self, outcome: str, seconds: float) -> None:
         self.inflight -= 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.total_seconds += seconds
 
 

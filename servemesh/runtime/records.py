@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -40,8 +41,9 @@ def instance_prefix(namespace: str, component: str | None = None, endpoint: str 
     return prefix
 
 
-class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One live process serving one endpoint; the JSON value of its discovery key."""
+class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """One live process serving one endpoint; the JSON value of its discovery key.
+    (``dict=True``: room for ``path``, worked out once.)"""
 
     component: str
     endpoint: str
@@ -51,7 +53,7 @@ class InstanceRecord(msgspec.Struct, frozen=True, kw_only=True):
     capabilities: dict[str, Any] = {}
     schema: dict[str, Any] | None = None
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return f"{self.namespace}.{self.component}.{self.endpoint}"
 

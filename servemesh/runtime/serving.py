@@ -45,8 +45,8 @@ class ServedEndpoint:
         self.instance_id = instance_id
         self.accepting = True
         self.inflight = 0
-        #: waiters of ``drained``; made only while someone waits
-        self._idle: asyncio.Future[None] | None = None
+        #: what ``drained`` waits on; made only while someone waits (``Call.finish`` wakes it)
+        self.idle: asyncio.Future[None] | None = None
 
     def validate(self, payload: Any) -> Any:
         validate = self.adapted.validate
@@ -60,24 +60,18 @@ class ServedEndpoint:
         if self.inflight >= self.max_concurrency:
             raise Overloaded(self.path, self.max_concurrency)
 
-    def enter(self) -> None:
-        self.inflight += 1
-        self.metrics.inflight += 1
-
-    def leave(self, outcome: str, started: float) -> None:
-        self.inflight -= 1
-        if self.inflight == 0 and self._idle is not None:
-            idle, self._idle = self._idle, None
-            if not idle.done():
-                idle.set_result(None)
-        self.metrics.finished(outcome, time.perf_counter() - started)
+    def wake(self) -> None:
+        """No stream is in flight any more: ``drained`` returns."""
+        idle, self.idle = self.idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     async def drained(self) -> None:
         """Return once no stream of this endpoint is in flight."""
         while self.inflight:
-            if self._idle is None:
-                self._idle = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._idle)
+            if self.idle is None:
+                self.idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.idle)
 
 
 class Call:
@@ -85,14 +79,16 @@ class Call:
     the refusal or ``ValidationError``, accounted); then either ``unary()`` or
     ``items()`` runs the handler, exactly once."""
 
-    __slots__ = ("_closing", "_handler", "_interrupt", "_scoped", "_task", "_tasks", "closed", "ctx", "ep",
+    __slots__ = ("_closing", "_ctx", "_handler", "_interrupt", "_scoped", "_task", "_tasks", "closed", "ep",
                  "interruptible", "on_close", "outcome", "request", "started")
 
-    def __init__(self, ep: ServedEndpoint, payload: Any, ctx: Context) -> None:
+    def __init__(self, ep: ServedEndpoint, payload: Any, ctx: Context | None) -> None:
         if not ep.accepting or ep.inflight >= ep.max_concurrency:
             ep.admit()  # raises the refusal
         self.ep = ep
-        self.ctx = ctx
+        #: None: a fresh one is made if the handler asks for it (an in-process call
+        #: without a caller's context, to a handler that takes none, never makes one)
+        self._ctx = ctx
         self.closed = False
         self.outcome = "cancelled"
         self.on_close: Callable[[], None] | None = None
@@ -106,9 +102,11 @@ class Call:
         #: where an interrupted in-process call closes its handler (set by that transport)
         self._tasks: TaskSet | None = None
         self.started = time.perf_counter()
-        ep.enter()
-        validate = ep.adapted.validate
-        if validate is None:
+        ep.inflight += 1  # (taken back in ``finish``)
+        ep.metrics.inflight += 1
+        adapted = ep.adapted
+        validate = adapted.validate
+        if validate is None or type(payload) is adapted.exact:
             self.request = payload
             return
         try:
@@ -121,6 +119,15 @@ class Call:
     refusable = False
 
     @property
+    def ctx(self) -> Context:
+        """The handler's context."""
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = Context()
+        return ctx
+
+
+    @property
     def unary_handler(self) -> bool:
         return self.ep.adapted.unary is not None
 
@@ -130,8 +137,9 @@ class Call:
         assert unary is not None
         if self.interruptible:
             self._task = asyncio.current_task()
+        plain = self.ep.adapted.plain
         try:
-            item = await unary(self.request, self.ctx)
+            item = await (plain(self.request) if plain is not None else unary(self.request, self.ctx))
         except BaseException as exc:
             raise self._failed(exc) from _cause(exc)
         self.finish("ok")
@@ -145,9 +153,10 @@ class Call:
         assert unary is not None
         if self.interruptible:
             self._task = asyncio.current_task()
+        plain = self.ep.adapted.plain
         self._scoped = True  # an interrupt now ends the wait below
         try:
-            item = await unary(self.request, self.ctx)
+            item = await (plain(self.request) if plain is not None else unary(self.request, self.ctx))
         except BaseException as exc:
             raise self._failed(exc) from _cause(exc)
         self._scoped = False
@@ -157,7 +166,9 @@ class Call:
     def start(self) -> Any:
         """Start a generator handler and return its async generator (remote transports
         iterate it themselves; map its errors with ``fail`` and end with ``finish``)."""
-        handler = self._handler = self.ep.adapted.call(self.request, self.ctx)
+        adapted = self.ep.adapted
+        plain = adapted.plain
+        handler = self._handler = plain(self.request) if plain is not None else adapted.call(self.request, self.ctx)
         return handler
 
     def fail(self, exc: BaseException) -> BaseException:
@@ -169,26 +180,28 @@ class Call:
         mapped. Iterated by the caller's task (in-process) or a transport's task."""
         if self.interruptible:
             self._task = asyncio.current_task()
-        ep = self.ep
+        adapted = self.ep.adapted
+        plain = adapted.plain
         try:
-            unary = ep.adapted.unary
+            unary = adapted.unary
             if unary is not None:
                 self._scoped = True  # an interrupt now ends the wait below
-                item = await unary(self.request, self.ctx)
+                item = await (plain(self.request) if plain is not None else unary(self.request, self.ctx))
                 self._scoped = False
                 if mode == DATA:
-                    yield item._data if type(item) is Annotated else item
+                    yield item if item.__class__ is not Annotated else item._data
                 elif mode == ANNOTATED:
                     yield item if type(item) is Annotated else Annotated(item)
                 else:
                     yield item
             else:
-                handler = self._handler = ep.adapted.call(self.request, self.ctx)
+                handler = self._handler = plain(self.request) if plain is not None \
+                    else adapted.call(self.request, self.ctx)
                 try:
                     # three copies of one loop: the per-item cost is the point of this path
                     if mode == DATA:
                         async for item in handler:
-                            yield item._data if type(item) is Annotated else item
+                            yield item if item.__class__ is not Annotated else item._data
                     elif mode == ANNOTATED:
                         async for item in handler:
                             yield item if type(item) is Annotated else Annotated(item)
@@ -298,10 +311,15 @@ class Call:
             self.finish("cancelled")
 
     def finish(self, outcome: str) -> None:
+        """Close the endpoint's accounting of this stream (once)."""
         if not self.closed:
             self.closed = True
             self.outcome = outcome
-            self.ep.leave(outcome, self.started)
+            ep = self.ep
+            ep.inflight -= 1
+            if not ep.inflight and ep.idle is not None:
+                ep.wake()
+            ep.metrics.finished(outcome, time.perf_counter() - self.started)
             on_close = self.on_close
             if on_close is not None:
                 self.on_close = None
@@ -369,10 +387,12 @@ async def drive(call: Call, sink: ResponseSink) -> None:
     ``end`` or ``error``, except when cancelled, where the cancellation propagates
     (the transport decides what the caller is told)."""
     try:
-        unary = call.ep.adapted.unary
+        adapted = call.ep.adapted
+        unary = adapted.unary
         if unary is not None:  # the unary fast path: one await, one frame
+            plain = adapted.plain
             try:
-                item = await unary(call.request, call.ctx)
+                item = await (plain(call.request) if plain is not None else unary(call.request, call.ctx))
             except BaseException as exc:
                 raise call.fail(exc) from _cause(exc)
             call.finish("ok")

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+import typing_extensions
 from pydantic import BaseModel
 
 from servemesh import Context
@@ -108,3 +110,67 @@ def test_bad_handlers_fail_at_serve_time():
         adapt(too_many)
     with pytest.raises(ConfigError, match="takes 0"):
         adapt(none)
+
+
+def test_exact_request_types_skip_the_validator_and_nothing_else_does():
+    class DictSub(dict):
+        pass
+
+    async def plain(request: dict): ...
+
+    async def generic(request: dict[str, int]): ...
+
+    async def model(request: Req): ...
+
+    async def untyped(request): ...
+
+    assert adapt(plain).exact is dict
+    assert adapt(model).exact is Req
+    assert adapt(generic).exact is None and adapt(untyped).exact is None
+    # what ``exact`` lets through unchecked is exactly what the validator returns unchanged
+    for handler, value in ((plain, {"a": 1}), (model, Req(prompt="p"))):
+        adapted = adapt(handler)
+        assert type(value) is adapted.exact and adapted.validate(value) is value
+    # a subclass is not the exact type: it still goes through the validator
+    assert type(DictSub(a=1)) is not adapt(plain).exact
+    with pytest.raises(ValidationError):
+        adapt(plain).validate([1, 2])
+
+
+async def test_a_handler_taking_only_the_request_is_called_as_it_is():
+    async def gen(request):
+        yield request
+
+    async def gen_ctx(request, context: Context):
+        yield request
+
+    async def unary(request):
+        return request
+
+    async def unary_ctx(request, context: Context):
+        return request
+
+    assert adapt(gen).plain is gen and adapt(unary).plain is unary
+    assert adapt(gen_ctx).plain is None and adapt(unary_ctx).plain is None
+    assert [item async for item in adapt(gen).plain(7)] == [7]
+    assert await adapt(unary).plain(7) == 7
+
+
+@pytest.mark.parametrize("typed_dict", [typing.TypedDict, typing_extensions.TypedDict],
+                         ids=["typing", "typing_extensions"])
+def test_typeddict_requests_are_validated_as_dicts(typed_dict):
+    request_type = typed_dict("Request", {"a": int})
+
+    async def handler(request): ...
+
+    handler.__annotations__ = {"request": request_type}  # (this module's annotations are strings)
+    try:
+        adapted = adapt(handler)
+    except ConfigError as exc:  # pydantic on Python < 3.12 takes typing_extensions' only, and says so
+        assert typed_dict is typing.TypedDict and "typing_extensions" in str(exc)
+        return
+    assert adapted.exact is None
+    assert adapted.validate({"a": "1"}) == {"a": 1}
+    with pytest.raises(ValidationError) as err:
+        adapted.validate({"a": "x"})
+    assert err.value.field == "a"

@@ -49,3 +49,13 @@ async def test_a_key_stays_while_either_source_has_it():
     assert record(3, "h:3").key not in sink.live  # the watch is closed
     await overlay.close()
     assert mine.key not in base_store.records
+
+
+def test_a_records_path_is_worked_out_once_and_never_stored():
+    import msgspec
+
+    rec = record(1, "127.0.0.1:1")
+    assert rec.path == "cap.replica.infer" and rec.path is rec.path
+    assert b"path" not in rec.to_json() and b"path" not in msgspec.json.encode(rec)
+    assert msgspec.structs.replace(rec, endpoint="other").path == "cap.replica.other"
+    assert InstanceRecord.from_json(rec.to_json()) == rec

@@ -39,7 +39,7 @@ class InprocTransport:
         if served is None:  # a stale record of ours: refused, the caller fails over
             raise InstanceUnavailable(record.instance_id, "in-process", f"{record.path} is not served here")
         if ctx is None:
-            call = Call(served, request, Context())
+            call = Call(served, request, None)
             call.interruptible = False  # no caller context: nothing can interrupt it
         else:
             call = Call(served, request, Context(ctx.id, ctx.metadata, deadline=ctx.deadline))
