@@ -104,19 +104,22 @@ def from_proto(message: Any) -> InferRequest | InferResponse:
     ``RemoteError``: the handler that made it reported a failure."""
     pb2 = _pb2()
 
-    full_name = getattr(getattr(message, "DESCRIPTOR", None), "full_name", None)
-    if full_name not in _NAMES:
-        raise SerializationError("from_proto takes a ModelInferRequest, ModelInferResponse or "
-                                 f"ModelStreamInferResponse message, got {type(message).__name__}")
-    ours = getattr(pb2, full_name.rsplit(".", 1)[1])
-    if not isinstance(message, ours):
-        message = ours.FromString(message.SerializeToString())
-    if isinstance(message, pb2.ModelStreamInferResponse):
-        if message.error_message:
-            raise RemoteError("InferError", message.error_message)
-        message = message.infer_response
+    kind = type(message)
+    if kind is not pb2.ModelInferRequest and kind is not pb2.ModelInferResponse:
+        full_name = getattr(getattr(message, "DESCRIPTOR", None), "full_name", None)
+        if full_name not in _NAMES:
+            raise SerializationError("from_proto takes a ModelInferRequest, ModelInferResponse or "
+                                     f"ModelStreamInferResponse message, got {type(message).__name__}")
+        ours = getattr(pb2, full_name.rsplit(".", 1)[1])
+        if not isinstance(message, ours):
+            message = ours.FromString(message.SerializeToString())
+        if isinstance(message, pb2.ModelStreamInferResponse):
+            if message.error_message:
+                raise RemoteError("InferError", message.error_message)
+            message = message.infer_response
+        kind = type(message)
     parameters = _get_parameters(message.parameters, "parameters")
-    if isinstance(message, pb2.ModelInferRequest):
+    if kind is pb2.ModelInferRequest:
         request = InferRequest(message.model_name, model_version=message.model_version, id=message.id,
                                parameters=parameters)
         request.inputs = _tensors(message.inputs, message.raw_input_contents, "inputs")

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ValidationError
 from .datatypes import DatatypeInfo
 
-__all__ = ["array_from_raw", "array_raw", "pack_bytes", "unpack_bytes"]
+__all__ = ["array_bytes", "array_from_raw", "array_raw", "pack_bytes", "unpack_bytes"]
 
 _LENGTH = struct.Struct("<I")
 _MAX_ELEMENT = 2**32 - 1
@@ -84,6 +84,13 @@ def array_raw(array: np.ndarray[Any, Any], info: DatatypeInfo) -> memoryview:
     return np.ascontiguousarray(array).astype(little, copy=False).data.cast("B")
 
 
+def array_bytes(array: np.ndarray[Any, Any], info: DatatypeInfo) -> bytes:
+    """A flat array's raw bytes, as a ``bytes``."""
+    if array.dtype is _little(info):  # the usual case (a little-endian host): one copy, no views
+        return array.tobytes()
+    return bytes(array_raw(array, info))
+
+
 def array_from_raw(buffer: bytes | memoryview, info: DatatypeInfo, count: int, name: str) -> np.ndarray[Any, Any]:
     """``count`` elements of ``info``'s datatype read from ``buffer``, without a copy
     where the host is little-endian. The array is read-only."""
@@ -95,9 +102,12 @@ def array_from_raw(buffer: bytes | memoryview, info: DatatypeInfo, count: int, n
         array = np.frombuffer(buffer, dtype=np.uint8) != 0
         array.flags.writeable = False
         return array
-    array = np.frombuffer(buffer, dtype=_little(info))
-    if array.dtype != info.dtype:  # a big-endian host
+    little = _little(info)
+    array = np.frombuffer(buffer, dtype=little)
+    if little is not info.dtype and little != info.dtype:  # a big-endian host
         array = array.astype(info.dtype)
+    elif type(buffer) is bytes:  # a view of immutable bytes is read-only already
+        return array
     array.flags.writeable = False
     return array
 
@@ -109,5 +119,10 @@ def _little(info: DatatypeInfo) -> np.dtype[Any]:
     """The little-endian dtype of ``info``'s raw form (BOOL: one byte each), made once."""
     found = _LITTLE.get(info.name)
     if found is None:
-        found = _LITTLE[info.name] = np.dtype(np.uint8) if info.name == "BOOL" else info.dtype.newbyteorder("<")
+        if info.name == "BOOL":
+            found = np.dtype(np.uint8)
+        else:  # the storage dtype itself on a little-endian host (``is`` finds it then)
+            little = info.dtype.newbyteorder("<")
+            found = info.dtype if little == info.dtype else little
+        _LITTLE[info.name] = found
     return found

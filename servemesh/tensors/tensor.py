@@ -64,6 +64,7 @@ for _method in ("append", "extend", "insert", "remove", "pop", "clear", "sort", 
 del _method
 
 _NO_VALUES: ReadOnlyList[Any] = ReadOnlyList((), "tensor contents")
+_NO_PARAMETERS: Mapping[str, ParamValue] = MappingProxyType({})
 
 
 class TensorContents:
@@ -162,7 +163,7 @@ class InferTensor:
             self._data = data
         else:
             self._data = ReadOnlyList(data, "tensor contents")
-        self._parameters = MappingProxyType(parameters)
+        self._parameters = MappingProxyType(parameters) if parameters else _NO_PARAMETERS
         self._contents = None
 
     @classmethod
@@ -240,7 +241,7 @@ class InferTensor:
     def to_raw(self) -> bytes:
         """The elements in the raw form (see ``servemesh.tensors.raw``)."""
         if isinstance(self._data, np.ndarray):
-            return bytes(raw.array_raw(self._data, info(self._datatype, self._name)))
+            return raw.array_bytes(self._data, info(self._datatype, self._name))
         return raw.pack_bytes(self._data, self._name)
 
     @property

@@ -19,6 +19,7 @@ from servemesh.tensors import (
     decode_contents_request,
     encode_contents_response,
     from_proto,
+    raw,
     response_from_any,
     to_proto,
 )
@@ -74,6 +75,21 @@ def test_raw_contents_are_the_binary_layout():
     message = to_proto(request)
     assert list(message.raw_input_contents) == [struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0),
                                                 np.float16(1.0).tobytes()]
+
+
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])
+def test_raw_bytes_are_little_endian_row_major_whatever_the_array(datatype):
+    info = DATATYPES[datatype]
+    array = sample_tensor(datatype).data
+    want = b"".join(bytes(raw.array_raw(array[i:i + 1], info)) for i in range(len(array)))
+    assert raw.array_bytes(array, info) == want
+    assert raw.array_bytes(array[::-1][::-1], info) == want  # a view
+    if array.dtype.itemsize > 1 and datatype != "BOOL":  # the same values stored big-endian
+        assert raw.array_bytes(array.astype(array.dtype.newbyteorder(">")), info) == want
+    for buffer in (want, bytearray(want), memoryview(want)):  # read back, read-only, no copy needed
+        back = raw.array_from_raw(buffer, info, len(array), "t")
+        assert back.dtype == info.dtype and back.tolist() == array.tolist()
+        assert not back.flags.writeable
 
 
 def test_fp16_and_bf16_in_fp32_contents_are_read():
