@@ -126,7 +126,6 @@ class Call:
             ctx = self._ctx = Context()
         return ctx
 
-
     @property
     def unary_handler(self) -> bool:
         return self.ep.adapted.unary is not None
