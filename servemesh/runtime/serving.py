@@ -48,10 +48,6 @@ class ServedEndpoint:
         #: what ``drained`` waits on; made only while someone waits (``Call.finish`` wakes it)
         self.idle: asyncio.Future[None] | None = None
 
-    def validate(self, payload: Any) -> Any:
-        validate = self.adapted.validate
-        return payload if validate is None else validate(payload)
-
     def admit(self) -> None:
         """Raise why a new stream must be refused now (``InstanceUnavailable`` while
         shutting down, ``Overloaded`` when full); the caller may try another instance."""
@@ -76,8 +72,8 @@ class ServedEndpoint:
 
 class Call:
     """One request being served. Creating it admits and validates the request (raising
-    the refusal or ``ValidationError``, accounted); then either ``unary()`` or
-    ``items()`` runs the handler, exactly once."""
+    the refusal or ``ValidationError``, accounted); then one of ``one()`` (a unary
+    handler, in process), ``items()`` or ``start()`` / ``drive`` runs the handler, exactly once."""
 
     __slots__ = ("_closing", "_ctx", "_handler", "_interrupt", "_scoped", "_task", "_tasks", "closed", "ep",
                  "interruptible", "on_close", "outcome", "request", "started")
@@ -130,20 +126,6 @@ class Call:
     def unary_handler(self) -> bool:
         return self.ep.adapted.unary is not None
 
-    async def unary(self) -> Any:
-        """The one item of an ``async def`` handler, awaited directly (no generator)."""
-        unary = self.ep.adapted.unary
-        assert unary is not None
-        if self.interruptible:
-            self._task = asyncio.current_task()
-        plain = self.ep.adapted.plain
-        try:
-            item = await (plain(self.request) if plain is not None else unary(self.request, self.ctx))
-        except BaseException as exc:
-            raise self._failed(exc) from _cause(exc)
-        self.finish("ok")
-        return item
-
     async def one(self) -> Any:
         """The data of a unary handler's one item (``unary_handler``), awaited in the
         caller's task: what ``items(DATA)`` yields, without a generator to make and close
@@ -160,7 +142,7 @@ class Call:
             raise self._failed(exc) from _cause(exc)
         self._scoped = False
         self.finish("ok")
-        return item._data if type(item) is Annotated else item
+        return item if item.__class__ is not Annotated else item._data
 
     def start(self) -> Any:
         """Start a generator handler and return its async generator (remote transports
