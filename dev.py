@@ -31,8 +31,10 @@ def ensure_venv(extra: str) -> None:
         print(f"creating virtualenv in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / f".installed-{extra.replace(',', '-') or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
-                            + (ROOT / "tools" / "llama_cpp_build.py").read_bytes()).hexdigest()
+    # what the install depends on, the compiled relay's source included (a change rebuilds it)
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in (
+        "pyproject.toml", "setup.py", "constraints.txt", "tools/llama_cpp_build.py",
+        "servemesh/runtime/_relay.c"))).hexdigest()
     if "llm" in extra or extra == "dev":
         ensure_llama_cpp()  # every time: a pip install elsewhere may have replaced the fixed build
     if stamp.exists() and stamp.read_text() == digest:

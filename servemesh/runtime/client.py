@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..errors import (
@@ -21,7 +21,7 @@ from .annotated import Annotated
 from .context import Context
 from .records import InstanceRecord, capabilities_match, instance_prefix
 from .routing import Random, RoundRobin, Router, make_router
-from .serving import ANNOTATED, DATA, Call
+from .serving import ANNOTATED, DATA, Call, Items, Relay
 from .stream import RemoteStream
 from .transport.base import ClientStream, Connector
 
@@ -52,6 +52,8 @@ class Client:
         self._rr = RoundRobin()
         self._random = Random()
         self._instances: dict[int, InstanceRecord] = {}
+        #: ``_instances``' ids as ``_choose`` hands them to a router (None: make them again)
+        self._ids: tuple[int, ...] | None = None
         self._connectors: dict[int, tuple[InstanceRecord, Connector]] = {}
         self._quarantine: dict[int, float] = {}
         self._load: dict[int, int] = {}
@@ -71,6 +73,7 @@ class Client:
     # -- WatchSink ----------------------------------------------------------------
     def on_put(self, record: InstanceRecord) -> None:
         self._generation += 1
+        self._ids = None
         if capabilities_match(record.capabilities, self.capabilities):
             self._instances[record.instance_id] = record
             self._quarantine.pop(record.instance_id, None)
@@ -85,6 +88,7 @@ class Client:
         except (IndexError, ValueError):
             return
         self._generation += 1
+        self._ids = None
         self._instances.pop(iid, None)
         self._quarantine.pop(iid, None)
         self._connectors.pop(iid, None)
@@ -239,13 +243,24 @@ class Client:
             self._release(instance_id)
 
     def _choose(self, router: Router, exclude: set[int] | None, pinned: int | None) -> InstanceRecord | None:
-        live = self._instances if not self._quarantine else self._live()
         if pinned is not None:
             return self._instances.get(pinned) if not exclude or pinned not in exclude else None
-        candidates = [i for i in live if i not in exclude] if exclude else list(live)
+        if self._quarantine:
+            live = self._live()
+            candidates: Sequence[int] = [i for i in live if i not in exclude] if exclude else list(live)
+        else:
+            live = self._instances
+            if exclude:
+                candidates = [i for i in live if i not in exclude]
+            else:  # the live ids, made again after the set changed
+                candidates = self._ids if self._ids is not None else self._cache_ids()
         if not candidates:
             return None
         return live[router.choose(candidates, self._load)]
+
+    def _cache_ids(self) -> tuple[int, ...]:
+        ids = self._ids = tuple(self._instances)
+        return ids
 
     def _connector(self, record: InstanceRecord) -> Connector:
         """The transport connector for ``record`` (remembered while the record is live)."""
@@ -310,7 +325,7 @@ class ResponseStream:
         self._done = False
         self._unlink: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._it: AsyncGenerator[Any, None] | None = None
+        self._it: Items | None = None
 
     def __await__(self) -> Any:
         return self._start().__await__()
@@ -320,7 +335,7 @@ class ResponseStream:
             await self._open()
         return self
 
-    def __aiter__(self) -> AsyncGenerator[Any, None]:
+    def __aiter__(self) -> Items:
         # A fresh generator that this object does not hold: when the caller's loop
         # drops it (break), the loop's asyncgen hook closes it, which cancels the call.
         if self._it is not None:
@@ -367,7 +382,7 @@ class ResponseStream:
             if ctx.expired():
                 raise DeadlineExceeded(f"deadline passed before calling {self._client.endpoint.path}")
 
-    def _open_local(self) -> AsyncGenerator[Any, None] | None:
+    def _open_local(self) -> Items | None:
         """The in-process fast path: open without awaiting and hand over the serving
         generator itself. None when the call needs the general path."""
         client = self._client
@@ -377,8 +392,10 @@ class ResponseStream:
         if self._ctx is not None:
             self._check_context()
         iid = record.instance_id
+        found = client._connectors.get(iid)  # ``_connector``, inline: this runs once per call
+        connector = found[1] if found is not None and found[0] is record else client._connector(record)
         try:
-            src = client._connector(record).open_nowait(record, self._request, self._ctx)
+            src = connector.open_nowait(record, self._request, self._ctx)
         except (InstanceUnavailable, Overloaded) as exc:
             # refused: the general path fails over to another instance, or raises this
             self._tried = {iid}
@@ -518,10 +535,12 @@ class ResponseStream:
             pass
 
 
-def _never_ran(agen: AsyncGenerator[Any, None]) -> bool:
+def _never_ran(agen: Items) -> bool:
     """Whether ``agen`` never ran (``__anext__()`` made but not awaited, or closed before
     its first step): then its cleanup, which ends the call, never runs either. Only
     called while the call is unfinished, so a closed generator here is one that never ran."""
+    if Relay is not None and type(agen) is Relay:
+        return False  # a relay ends its call itself when it is dropped (``Call._relay_dropped``)
     state = getattr(inspect, "getasyncgenstate", None)  # Python 3.12+
     if state is not None:
         return state(agen) in ("AGEN_CREATED", "AGEN_CLOSED")  # type: ignore[no-any-return]

@@ -15,8 +15,8 @@ import asyncio
 import logging
 import time
 import types
-from collections.abc import AsyncGenerator, Callable, Generator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InstanceUnavailable, Overloaded, ServemeshError, ValidationError
 from .annotated import Annotated, unwrap
@@ -27,7 +27,26 @@ from .metrics import EndpointMetrics
 from .ready import Resumed, interrupt_parked
 from .tasks import TaskSet
 
+if TYPE_CHECKING:
+    from . import _relay
+
+Relay: type[_relay.Relay] | None
+try:  # the per-item step of in-process calls in C (built with the package where it can be)
+    from ._relay import Relay
+except ImportError:  # no compiler where it was installed: the same path in Python (``Call._items``)
+    Relay = None
+
 log = logging.getLogger("servemesh.serving")
+
+
+class Items(Protocol):
+    """What ``Call.items`` returns: an async iterator that can be closed early."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def __anext__(self) -> Awaitable[Any]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
 
 #: what ``Call.items`` yields: handler items as they are, their data, or ``Annotated``
 RAW, DATA, ANNOTATED = 0, 1, 2
@@ -156,9 +175,88 @@ class Call:
         """What the caller sees for ``exc`` out of the handler (closes the accounting)."""
         return self._failed(exc)
 
-    async def items(self, mode: int = RAW) -> AsyncGenerator[Any, None]:
+    def items(self, mode: int = RAW) -> Items:
         """The handler's items (``mode``: RAW, DATA or ANNOTATED), ending with its errors
-        mapped. Iterated by the caller's task (in-process) or a transport's task."""
+        mapped, for the caller's task to iterate (in-process calls). A generator
+        handler's items come through the C relay where it is built (``_relay.c``: no
+        frame of ours per item), else through ``_items``; both keep the same accounting,
+        interrupts and error mapping (the relay calls back the ``_relay_*`` methods)."""
+        adapted = self.ep.adapted
+        if adapted.unary is not None or Relay is None:
+            return self._items(mode)
+        plain = adapted.plain
+        try:
+            handler = self._handler = plain(self.request) if plain is not None \
+                else adapted.call(self.request, self.ctx)
+        except BaseException as exc:  # the handler could not even start
+            return self._raising(exc)
+        return Relay(self, handler, mode, Annotated, self.interruptible)  # type: ignore[no-any-return]
+
+    async def _raising(self, exc: BaseException) -> AsyncGenerator[Any, None]:
+        raise self._failed(exc) from _cause(exc)
+        yield  # (an async generator)
+
+    # -- the relay's calls back (see _relay.c) --------------------------------------
+    def _relay_started(self) -> None:
+        self._task = asyncio.current_task()
+
+    def _relay_end(self, exc: BaseException | None) -> Awaitable[None] | None:
+        """The handler ended (``exc`` None) or raised ``exc``: None if the stream is over
+        now, else what the last read finishes with."""
+        if exc is None and self._closing is None and self._interrupt is None:
+            self.finish("ok")
+            return None
+        return self._relay_tail(exc)
+
+    async def _relay_tail(self, exc: BaseException | None) -> None:
+        if exc is None:
+            try:
+                if self._closing is not None:
+                    await asyncio.shield(self._closing)
+                if self._interrupt is not None:  # the handler was closed by ``interrupt``
+                    raise self._interrupt
+            except BaseException as failure:
+                raise self._failed(failure) from _cause(failure)
+            self.finish("ok")
+            return
+        try:  # the handler failed, or the caller's task was cancelled: let it clean up now
+            await self._close_handler()
+        except BaseException as failure:
+            exc = failure
+        raise self._failed(exc) from _cause(exc)
+
+    async def _relay_aclose(self) -> None:
+        """The caller closed the stream before its end."""
+        if self.closed:
+            return
+        try:
+            await self._close_handler()
+        except BaseException as exc:
+            raise self._failed(exc) from _cause(exc)
+        self.ctx.stop_generating()
+        self.finish("cancelled")
+
+    def _relay_dropped(self, started: bool) -> None:
+        """The caller dropped the stream before its end (``break``): as the event loop
+        does for an async generator dropped half-way, a handler that ran is closed in a
+        task (here, of the runtime), then the call is accounted as cancelled."""
+        if self.closed:
+            return
+        if self._ctx is not None:
+            self._ctx.stop_generating()
+        tasks = self._tasks
+        if started and self._handler is not None and tasks is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # the loop is gone: nothing can run the handler's cleanup
+                pass
+            else:
+                loop.call_soon_threadsafe(tasks.spawn, self._relay_aclose(), f"close {self.ep.path}")
+                return
+        self.finish("cancelled")
+
+    async def _items(self, mode: int = RAW) -> AsyncGenerator[Any, None]:
+        """``items`` as a Python generator (unary handlers, or where the relay is not built)."""
         if self.interruptible:
             self._task = asyncio.current_task()
         adapted = self.ep.adapted

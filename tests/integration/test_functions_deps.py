@@ -82,6 +82,7 @@ def test_requirements_are_installed_offline_cached_and_served_from_the_image(
     assert deps[f"{site}/{PKG}/__init__.py"] == f'VALUE = "{PKG} 1.0"\n'.encode()
     assert b"Version: 1.0" in deps[f"{site}/{PKG}-1.0.dist-info/METADATA"]
     assert f"{site}/servemesh/__init__.py" in deps  # and servemesh's own source
+    assert not any(name.endswith(".so") for name in deps if "/servemesh/" in name)  # built for this machine
     assert not any(name.endswith(".pyc") for name in deps)  # --no-compile: no bytecode in the digest
     app = layer_files(first.layers[2].fetch())
     assert f"{PKG}/__init__.py" not in " ".join(app)  # the app layer holds the function only

@@ -6,9 +6,10 @@ Requirements are resolved by pip for the *image*, not for this machine:
 manylinux2014_x86_64 --only-binary=:all: --no-compile -r requirements``: wheels only (nothing
 is compiled here), no bytecode (it would differ build to build). The result is cached by
 what decides it, so a rebuild does not run pip again. servemesh itself goes in as its
-package's source files (it is pure Python); its own requirements are resolved like the
-function's unless ``servemesh_deps=False`` (a base image that already has them). With
-``find_links`` pip reads wheels from those places only (``--no-index --find-links``).
+package's source files (it runs as pure Python there: its one compiled module, built for
+this machine, is left out); its own requirements are resolved like the function's unless
+``servemesh_deps=False`` (a base image that already has them). With ``find_links`` pip
+reads wheels from those places only (``--no-index --find-links``).
 """
 
 from __future__ import annotations
@@ -98,5 +99,7 @@ def dependency_layer(requirements: list[str], python: str, cache: Path, *,
         writer.add_tree(site, SITE, ignore=(".complete",))
     import servemesh
 
-    writer.add_tree(Path(servemesh.__file__).parent, f"{SITE}/servemesh")
+    # its source only: a module compiled here (the in-process relay, ``runtime/_relay.c``)
+    # is for this machine's Python and libc, not the image's; servemesh runs without it
+    writer.add_tree(Path(servemesh.__file__).parent, f"{SITE}/servemesh", ignore=("*.so", "*.pyd"))
     return writer.layer(f"dependencies: servemesh + {len(requirements)} requirement(s) for Python {python}")
