@@ -6,7 +6,6 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("servemesh.runtime._relay", ["servemesh/runtime/_relay.c"], optional=True,
-                  extra_compile_args=["-O2"]),
+        Extension("servemesh.runtime._relay", ["servemesh/runtime/_relay.c"], optional=True),
     ],
 )

@@ -45,6 +45,7 @@ typedef struct {
     int mode;
     int state;
     int interruptible;
+    int running;         /* a call into the relay is under way (re-entering it is refused) */
 } Relay;
 
 static PyObject *str_data, *str_started, *str_end, *str_aclose, *str_dropped, *str_throw, *str_close;
@@ -53,7 +54,7 @@ static PyObject *str_data, *str_started, *str_end, *str_aclose, *str_dropped, *s
 static PyObject *
 await_iter(PyObject *aw)
 {
-    if (PyCoro_CheckExact(aw) || PyGen_CheckExact(aw)) {
+    if (PyCoro_CheckExact(aw)) {
         Py_INCREF(aw);
         return aw;
     }
@@ -148,7 +149,10 @@ convert(Relay *r, PyObject *item)
 static PySendResult
 send_tail(Relay *r, PyObject *arg, PyObject **result)
 {
-    PySendResult s = PyIter_Send(r->tail, arg, result);
+    PyObject *tail = r->tail;
+    Py_INCREF(tail);
+    PySendResult s = PyIter_Send(tail, arg, result);
+    Py_DECREF(tail);
     if (s == PYGEN_NEXT)
         return s;
     relay_release(r);
@@ -207,10 +211,32 @@ ended(Relay *r, PyObject **result)
     return send_tail(r, Py_None, result);
 }
 
-static PySendResult
-relay_send(Relay *r, PyObject *arg, PyObject **result)
+/* The first step of the stream: an interruptible call learns its task. */
+static int
+begin(Relay *r)
 {
-    *result = NULL;
+    r->state = RUNNING;
+    if (r->interruptible) {
+        PyObject *x = PyObject_CallMethodNoArgs(r->owner, str_started);
+        if (x == NULL)
+            return -1;
+        Py_DECREF(x);
+    }
+    return 0;
+}
+
+static int
+already_running(Relay *r)
+{
+    if (!r->running)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "the stream is already being read");
+    return 1;
+}
+
+static PySendResult
+relay_step(Relay *r, PyObject *arg, PyObject **result)
+{
     switch (r->state) {
     case DONE:
         PyErr_SetNone(PyExc_StopAsyncIteration);
@@ -218,13 +244,8 @@ relay_send(Relay *r, PyObject *arg, PyObject **result)
     case FINISHING:
         return send_tail(r, arg, result);
     case FRESH:
-        r->state = RUNNING;
-        if (r->interruptible) {
-            PyObject *x = PyObject_CallMethodNoArgs(r->owner, str_started);
-            if (x == NULL)
-                return ended(r, result);
-            Py_DECREF(x);
-        }
+        if (begin(r) < 0)
+            return ended(r, result);
         break;
     }
     if (r->current == NULL) {
@@ -242,7 +263,10 @@ relay_send(Relay *r, PyObject *arg, PyObject **result)
         if (r->current == NULL)
             return ended(r, result);
     }
-    PySendResult s = PyIter_Send(r->current, arg, result);
+    PyObject *current = r->current;
+    Py_INCREF(current);
+    PySendResult s = PyIter_Send(current, arg, result);
+    Py_DECREF(current);
     if (s == PYGEN_NEXT)
         return s;
     Py_CLEAR(r->current);
@@ -252,6 +276,18 @@ relay_send(Relay *r, PyObject *arg, PyObject **result)
             return PYGEN_RETURN;
     }
     return ended(r, result);
+}
+
+static PySendResult
+relay_send(Relay *r, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (already_running(r))
+        return PYGEN_ERROR;
+    r->running = 1;
+    PySendResult s = relay_step(r, arg, result);
+    r->running = 0;
+    return s;
 }
 
 /* A send result as ``__next__`` / ``send`` / ``throw`` return it. */
@@ -302,8 +338,19 @@ static void
 raise_thrown(PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *typ = args[0];
-    PyObject *val = nargs > 1 ? args[1] : NULL;
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return;
+    }
     if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return;
+        }
+        if (tb != Py_None)
+            PyException_SetTraceback(typ, tb);
         PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
     }
     else if (PyExceptionClass_Check(typ)) {
@@ -316,31 +363,34 @@ raise_thrown(PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-relay_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+relay_throw_step(Relay *r, PyObject *const *args, Py_ssize_t nargs)
 {
-    Relay *r = (Relay *)self;
     PyObject *result;
-    if (nargs < 1 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
-        return NULL;
-    }
     if (r->state == DONE) {
         raise_thrown(args, nargs);
         return NULL;
     }
+    if (r->state == FRESH && begin(r) < 0)
+        return ended_next(r);
     PyObject *target = r->state == FINISHING ? r->tail : r->current;
     if (target == NULL) {  /* between reads: it is raised where the stream stands */
-        r->state = RUNNING;
         raise_thrown(args, nargs);
         return ended_next(r);
     }
+    Py_INCREF(target);
     PyObject *meth = PyObject_GetAttr(target, str_throw);
-    if (meth == NULL)
+    if (meth == NULL) {
         result = NULL;
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {  /* raised at the await, as CPython does */
+            PyErr_Clear();
+            raise_thrown(args, nargs);
+        }
+    }
     else {
         result = PyObject_Vectorcall(meth, args, nargs, NULL);
         Py_DECREF(meth);
     }
+    Py_DECREF(target);
     if (result != NULL)
         return result;  /* the read goes on, awaiting something else */
     PyObject *value = fetch_stop_iteration();
@@ -362,25 +412,57 @@ relay_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+relay_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Relay *r = (Relay *)self;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    if (already_running(r))
+        return NULL;
+    r->running = 1;
+    PyObject *result = relay_throw_step(r, args, nargs);
+    r->running = 0;
+    return result;
+}
+
+static PyObject *
 relay_close(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     /* the task awaiting a read is closed: the read is abandoned (aclose() or the
      * garbage collector ends the stream) */
     Relay *r = (Relay *)self;
+    if (already_running(r))
+        return NULL;
     PyObject *target = r->state == FINISHING ? r->tail : r->current;
-    if (target != NULL) {
-        Py_INCREF(target);
-        Py_CLEAR(r->current);
-        if (r->state == FINISHING) {  /* what it finished with is abandoned too */
-            Py_CLEAR(r->tail);
-            r->state = RUNNING;
-        }
-        PyObject *res = PyObject_CallMethodNoArgs(target, str_close);
-        Py_DECREF(target);
-        if (res == NULL)
-            return NULL;
-        Py_DECREF(res);
+    if (target == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(target);
+    Py_CLEAR(r->current);
+    if (r->state == FINISHING) {  /* what it finished with is abandoned too */
+        Py_CLEAR(r->tail);
+        r->state = RUNNING;
     }
+    r->running = 1;
+    PyObject *meth = PyObject_GetAttr(target, str_close);
+    PyObject *res = NULL;
+    if (meth == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {  /* nothing to close */
+            PyErr_Clear();
+            res = Py_None;
+            Py_INCREF(res);
+        }
+    }
+    else {
+        res = PyObject_CallNoArgs(meth);
+        Py_DECREF(meth);
+    }
+    r->running = 0;
+    Py_DECREF(target);
+    if (res == NULL)
+        return NULL;
+    Py_DECREF(res);
     Py_RETURN_NONE;
 }
 
@@ -388,7 +470,7 @@ static PyObject *
 relay_aclose(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     Relay *r = (Relay *)self;
-    if (r->current != NULL || r->tail != NULL) {
+    if (r->running || r->current != NULL || r->tail != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "aclose(): the stream is being read");
         return NULL;
     }
@@ -399,6 +481,19 @@ relay_aclose(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 relay_self(PyObject *self)
 {
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *
+relay_anext(PyObject *self)
+{
+    /* one read at a time, as with an async generator */
+    Relay *r = (Relay *)self;
+    if (r->running || r->current != NULL || r->state == FINISHING) {
+        PyErr_SetString(PyExc_RuntimeError, "anext(): the stream is already being read");
+        return NULL;
+    }
     Py_INCREF(self);
     return self;
 }
@@ -512,7 +607,7 @@ static PyMethodDef relay_methods[] = {
 static PyAsyncMethods relay_as_async = {
     .am_await = relay_self,
     .am_aiter = relay_self,
-    .am_anext = relay_self,
+    .am_anext = relay_anext,
     .am_send = relay_am_send,
 };
 

@@ -215,14 +215,22 @@ class Call:
                     await asyncio.shield(self._closing)
                 if self._interrupt is not None:  # the handler was closed by ``interrupt``
                     raise self._interrupt
+            except GeneratorExit:  # this read was abandoned (the relay's close())
+                raise
             except BaseException as failure:
                 raise self._failed(failure) from _cause(failure)
             self.finish("ok")
             return
         try:  # the handler failed, or the caller's task was cancelled: let it clean up now
             await self._close_handler()
+        except GeneratorExit:
+            raise
         except BaseException as failure:
             exc = failure
+        if isinstance(exc, GeneratorExit):  # thrown in by a caller closing the stream
+            self.ctx.stop_generating()
+            self.finish("cancelled")
+            raise exc
         raise self._failed(exc) from _cause(exc)
 
     async def _relay_aclose(self) -> None:
@@ -237,23 +245,41 @@ class Call:
         self.finish("cancelled")
 
     def _relay_dropped(self, started: bool) -> None:
-        """The caller dropped the stream before its end (``break``): as the event loop
-        does for an async generator dropped half-way, a handler that ran is closed in a
-        task (here, of the runtime), then the call is accounted as cancelled."""
+        """The caller dropped the stream before its end (``break``). Called by the
+        relay's finalizer, so it only schedules: as the event loop does for an async
+        generator dropped half-way, a handler that ran is closed in a task (here, of the
+        runtime), then the call is accounted as cancelled."""
         if self.closed:
             return
-        if self._ctx is not None:
-            self._ctx.stop_generating()
-        tasks = self._tasks
-        if started and self._handler is not None and tasks is not None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs here: account it now (nothing can run a cleanup)
+            self._dropped()
+            return
+        if started and self._handler is not None and self._tasks is not None:
+            loop.call_soon_threadsafe(self._close_dropped)
+        else:
+            loop.call_soon_threadsafe(self._dropped)
+
+    def _close_dropped(self) -> None:
+        if self._tasks is not None:
+            self._tasks.spawn(self._aclose_dropped(), name=f"close {self.ep.path}")
+
+    async def _aclose_dropped(self) -> None:
+        handler = self._handler
+        # a handler collected in the same cycle is being closed by the loop's own hook
+        if handler is not None and not handler.ag_running:
             try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # the loop is gone: nothing can run the handler's cleanup
-                pass
-            else:
-                loop.call_soon_threadsafe(tasks.spawn, self._relay_aclose(), f"close {self.ep.path}")
-                return
-        self.finish("cancelled")
+                await handler.aclose()
+            except Exception as exc:  # its cleanup failed; nobody reads this stream any more
+                log.debug("closing %s raised %r", self.ep.path, exc)
+        self._dropped()
+
+    def _dropped(self) -> None:
+        if not self.closed:
+            if self._ctx is not None:
+                self._ctx.stop_generating()
+            self.finish("cancelled")
 
     async def _items(self, mode: int = RAW) -> AsyncGenerator[Any, None]:
         """``items`` as a Python generator (unary handlers, or where the relay is not built)."""

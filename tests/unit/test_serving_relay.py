@@ -157,6 +157,7 @@ async def test_a_stream_made_but_never_read_is_accounted_when_dropped(path):
     gc.collect()
     if path == "python":  # a generator that never ran has no cleanup: its owner cancels the call
         call.cancel()
+    await asyncio.sleep(0)  # (the relay's finalizer only schedules)
     assert ran == [] and ep.inflight == 0 and ep.metrics.outcomes == {"cancelled": 1}
 
 
@@ -272,3 +273,79 @@ async def test_leaving_ready_batches_early_closes_the_handler(path):
     await batches.aclose()
     await items.aclose()
     assert cleaned == ["cancelled"] and ep.inflight == 0
+
+
+async def test_a_handler_reading_its_own_stream_is_refused_not_crashed(path):
+    holder: dict[str, Any] = {}
+
+    async def gen(request: Any) -> AsyncIterator[Any]:
+        yield 1
+        try:
+            await holder["items"].__anext__()
+        except RuntimeError as exc:
+            yield f"refused: {exc}"
+
+    ep = served(gen)
+    holder["items"] = items = call_of(ep).items(DATA)
+    got = [item async for item in items]
+    assert got[0] == 1 and got[1].startswith("refused:") and "already" in got[1]
+    assert ep.inflight == 0 and ep.metrics.outcomes == {"ok": 1}
+
+
+async def test_two_readers_at_once_are_refused(path):
+    started = asyncio.Event()
+
+    async def gen(request: Any) -> AsyncIterator[int]:
+        started.set()
+        await asyncio.sleep(0.01)
+        yield 1
+
+    ep = served(gen)
+    items = call_of(ep).items(DATA)
+    first = asyncio.create_task(items.__anext__())  # type: ignore[arg-type]
+    await started.wait()
+    with pytest.raises(RuntimeError, match="already"):
+        await items.__anext__()
+    assert await first == 1
+    await items.aclose()
+    assert ep.inflight == 0
+
+
+async def test_generator_exit_thrown_in_is_a_cancelled_stream(path):
+    async def gen(request: Any) -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    ep = served(gen)
+    items = call_of(ep).items(DATA)
+    assert await items.__anext__() == 1
+    with pytest.raises(GeneratorExit):
+        items.__anext__().__await__().throw(GeneratorExit())  # type: ignore[attr-defined]
+    assert ep.inflight == 0 and ep.metrics.outcomes == {"cancelled": 1}
+
+
+async def test_a_stream_dropped_in_a_reference_cycle_is_cancelled_not_failed(path):
+    closed = asyncio.Event()
+
+    async def gen(request: Any) -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            await asyncio.sleep(0)
+            closed.set()
+
+    ep = served(gen)
+    tasks = TaskSet("test")
+    call = call_of(ep, tasks=tasks)
+    items = call.items(DATA)
+    assert await items.__anext__() == 1
+    cycle: list[Any] = [items]
+    call.on_close = cycle.clear  # as a ResponseStream holds its items and the call its stream
+    del items, call, cycle
+    gc.collect()
+    await asyncio.wait_for(closed.wait(), 5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await tasks.join()
+    assert ep.inflight == 0 and ep.metrics.outcomes == {"cancelled": 1}
