@@ -1,9 +1,9 @@
 """The serving path, one for every transport: admit, validate, run, account, map errors.
 
 A ``Call`` is the server side of one stream. Remote transports run it in a task
-they own (``drive``) and turn what it yields into frames; the in-process
-transport hands its ``items`` generator straight to the caller, so a local call
-runs the handler in the caller's task with no serialisation and no task hop.
+they own (``drive.drive``) and turn what it yields into frames; the in-process
+transport hands its ``items`` straight to the caller, so a local call runs the
+handler in the caller's task with no serialisation and no task hop.
 Either way the same code admits the request, validates it, takes the unary fast
 path, keeps the endpoint's accounting and maps the handler's errors
 (``errortable``).
@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import types
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InstanceUnavailable, Overloaded, ServemeshError, ValidationError
-from .annotated import Annotated, unwrap
+from .annotated import Annotated
 from .context import Context
 from .errortable import as_servemesh_error
 from .handler import AdaptedHandler
@@ -92,7 +91,7 @@ class ServedEndpoint:
 class Call:
     """One request being served. Creating it admits and validates the request (raising
     the refusal or ``ValidationError``, accounted); then one of ``one()`` (a unary
-    handler, in process), ``items()`` or ``start()`` / ``drive`` runs the handler, exactly once."""
+    handler, in process), ``items()`` or ``start()`` / ``drive.drive`` runs the handler, exactly once."""
 
     __slots__ = ("_closing", "_ctx", "_handler", "_interrupt", "_scoped", "_task", "_tasks", "closed", "ep",
                  "interruptible", "on_close", "outcome", "request", "started")
@@ -158,7 +157,7 @@ class Call:
         try:
             item = await (plain(self.request) if plain is not None else unary(self.request, self.ctx))
         except BaseException as exc:
-            raise self._failed(exc) from _cause(exc)
+            raise self._failed(exc) from cause_of(exc)
         self._scoped = False
         self.finish("ok")
         return item if item.__class__ is not Annotated else item._data
@@ -193,7 +192,7 @@ class Call:
         return Relay(self, handler, mode, Annotated, self.interruptible)  # type: ignore[no-any-return]
 
     async def _raising(self, exc: BaseException) -> AsyncGenerator[Any, None]:
-        raise self._failed(exc) from _cause(exc)
+        raise self._failed(exc) from cause_of(exc)
         yield  # (an async generator)
 
     # -- the relay's calls back (see _relay.c) --------------------------------------
@@ -218,7 +217,7 @@ class Call:
             except GeneratorExit:  # this read was abandoned (the relay's close())
                 raise
             except BaseException as failure:
-                raise self._failed(failure) from _cause(failure)
+                raise self._failed(failure) from cause_of(failure)
             self.finish("ok")
             return
         try:  # the handler failed, or the caller's task was cancelled: let it clean up now
@@ -231,7 +230,7 @@ class Call:
             self.ctx.stop_generating()
             self.finish("cancelled")
             raise exc
-        raise self._failed(exc) from _cause(exc)
+        raise self._failed(exc) from cause_of(exc)
 
     async def _relay_aclose(self) -> None:
         """The caller closed the stream before its end."""
@@ -240,7 +239,7 @@ class Call:
         try:
             await self._close_handler()
         except BaseException as exc:
-            raise self._failed(exc) from _cause(exc)
+            raise self._failed(exc) from cause_of(exc)
         self.ctx.stop_generating()
         self.finish("cancelled")
 
@@ -267,12 +266,13 @@ class Call:
 
     async def _aclose_dropped(self) -> None:
         handler = self._handler
-        # a handler collected in the same cycle is being closed by the loop's own hook
-        if handler is not None and not handler.ag_running:
-            try:
-                await handler.aclose()
-            except Exception as exc:  # its cleanup failed; nobody reads this stream any more
-                log.debug("closing %s raised %r", self.ep.path, exc)
+        try:
+            if self._closing is not None:  # ``interrupt`` is closing it already
+                await asyncio.shield(self._closing)
+            elif handler is not None and not handler.ag_running:  # (running: the loop's own
+                await handler.aclose()  # hook closes a handler collected in the same cycle)
+        except Exception as exc:  # its cleanup failed; nobody reads this stream any more
+            log.debug("closing %s raised %r", self.ep.path, exc)
         self._dropped()
 
     def _dropped(self) -> None:
@@ -326,7 +326,7 @@ class Call:
             self.finish("cancelled")
             raise
         except BaseException as exc:
-            raise self._failed(exc) from _cause(exc)
+            raise self._failed(exc) from cause_of(exc)
 
     def _failed(self, exc: BaseException) -> BaseException:
         """What the caller sees for ``exc`` out of the handler; closes the accounting."""
@@ -443,101 +443,7 @@ async def _finish(resumed: Resumed) -> None:
     await resumed
 
 
-def _cause(exc: BaseException) -> BaseException | None:
+def cause_of(exc: BaseException) -> BaseException | None:
+    """What a mapped handler error is raised ``from``: the handler's own exception, not
+    a cancellation or an error that is already servemesh's."""
     return None if isinstance(exc, (asyncio.CancelledError, ServemeshError)) else exc
-
-
-class ResponseSink(Protocol):
-    """Where a remote transport puts one stream's response."""
-
-    async def wait_ready(self) -> None:
-        """Wait until the sink may take another item."""
-
-    def send(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> bool:
-        """Send one item; False if the next one must wait (``wait_ready``)."""
-
-    def final(self, data: Any, event: str | None, comments: list[str] | None, id: str | None) -> None:
-        """Send the one item of a unary reply together with the end of the stream."""
-
-    def hurry(self) -> bool:
-        """Put what was sent on its way now instead of with the items after it (a
-        stream's first item). True if some of it can only leave once the caller yields
-        to the event loop."""
-
-    def end(self) -> None: ...
-
-    def error(self, exc: ServemeshError) -> None: ...
-
-
-#: after a stream's first item ``drive`` asks the sink to send it now (``hurry``) and
-#: yields to the event loop if the sink needs that or other streams of its endpoint are
-#: in flight; then, every this many items, it yields while other streams are in flight:
-#: new streams' first items, and other streams' items, are not queued behind its whole
-#: bulk (a handler that never waits would otherwise run to the end, or to its credit
-#: window, in one task step)
-FAIR_ITEMS = 16
-#: ... and every this many items while it is alone (other tasks of the loop get a turn);
-#: a multiple of FAIR_ITEMS
-ALONE_ITEMS = 128
-
-
-@types.coroutine
-def _yield() -> Generator[None, None, None]:
-    """One trip round the event loop (``asyncio.sleep(0)`` without its checks)."""
-    yield
-
-
-async def drive(call: Call, sink: ResponseSink) -> None:
-    """Run ``call`` to completion into ``sink``. Always ends the stream with ``final``,
-    ``end`` or ``error``, except when cancelled, where the cancellation propagates
-    (the transport decides what the caller is told)."""
-    try:
-        adapted = call.ep.adapted
-        unary = adapted.unary
-        if unary is not None:  # the unary fast path: one await, one frame
-            plain = adapted.plain
-            try:
-                item = await (plain(call.request) if plain is not None else unary(call.request, call.ctx))
-            except BaseException as exc:
-                raise call.fail(exc) from _cause(exc)
-            call.finish("ok")
-            data, event, comments, id_ = unwrap(item)
-            sink.final(data, event, comments, id_)
-            return
-        handler = call.start()
-        try:
-            try:
-                ready = True
-                ep = call.ep
-                first = True
-                turn = 1  # the first item goes out before any stream's bulk (see FAIR_ITEMS)
-                alone = ALONE_ITEMS // FAIR_ITEMS
-                async for item in handler:
-                    if not ready:
-                        await sink.wait_ready()
-                    if type(item) is Annotated:
-                        ready = sink.send(item._data, item.event, item.comments, item.id)
-                    else:
-                        ready = sink.send(item, None, None, None)
-                    turn -= 1
-                    if not turn:
-                        turn = FAIR_ITEMS
-                        if first:  # the first item leaves now, not with the bulk
-                            first = False
-                            if sink.hurry() or ep.inflight > 1:
-                                await _yield()
-                        elif ep.inflight > 1:
-                            await _yield()
-                        else:
-                            alone -= 1
-                            if not alone:
-                                alone = ALONE_ITEMS // FAIR_ITEMS
-                                await _yield()
-            finally:
-                await handler.aclose()
-        except BaseException as exc:  # the handler's, or an item that cannot go on the wire
-            raise call.fail(exc) from _cause(exc)
-        call.finish("ok")
-        sink.end()
-    except ServemeshError as exc:
-        sink.error(exc)

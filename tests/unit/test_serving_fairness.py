@@ -1,4 +1,4 @@
-"""``serving.drive`` shares the event loop: a stream whose items are all ready does not
+"""``drive.drive`` shares the event loop: a stream whose items are all ready does not
 send its whole bulk before a stream started next to it sends its first item, and its
 first item is put on its way (``hurry``) before its bulk is made."""
 
@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from servemesh.runtime.context import Context
+from servemesh.runtime.drive import ALONE_ITEMS, FAIR_ITEMS, drive
 from servemesh.runtime.handler import adapt
 from servemesh.runtime.metrics import EndpointMetrics
-from servemesh.runtime.serving import ALONE_ITEMS, FAIR_ITEMS, Call, ServedEndpoint, drive
+from servemesh.runtime.serving import Call, ServedEndpoint
 
 
 class RecordingSink:

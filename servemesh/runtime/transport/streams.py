@@ -1,7 +1,7 @@
 """Server side of framed transports (TCP, NATS, memory): the streams being served, by key.
 
 A transport decodes frames and hands them here; this module admits each request
-as a ``serving.Call``, runs it with ``serving.drive`` in a task it owns, enforces
+as a ``serving.Call``, runs it with ``drive.drive`` in a task it owns, enforces
 its deadline, applies credits (items and bytes) and cancellations, and writes
 the response frames through the transport's ``write`` function.
 """
@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from ...errors import Cancelled, DeadlineExceeded, InstanceUnavailable, Overloaded, ProtocolError, ServemeshError
 from .. import codec, errortable
 from ..context import Context
-from ..serving import Call, ServedEndpoint, drive
+from ..drive import drive
+from ..serving import Call, ServedEndpoint
 from ..stream import RemoteStream
 
 Write = Callable[[codec.Frame], int]
