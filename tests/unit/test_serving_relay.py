@@ -44,6 +44,21 @@ def call_of(ep: ServedEndpoint, request: Any = None, ctx: Context | None = None,
     return call
 
 
+def waits_after_one(waiting: asyncio.Event, cleaned: list[str]) -> Any:
+    """A handler that yields 1, then waits (long) for its second item."""
+    async def gen(request: Any) -> AsyncIterator[int]:
+        try:
+            yield 1
+            waiting.set()
+            await asyncio.sleep(60)
+            yield 2
+        except asyncio.CancelledError:
+            cleaned.append("cancelled")
+            raise
+
+    return gen
+
+
 def test_the_relay_is_built_where_python_headers_are():
     # the install builds it wherever it can; the Python path is the fallback, not the norm
     headers = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
@@ -165,17 +180,7 @@ async def test_cancelling_the_callers_task_reaches_the_handler(path):
     waiting = asyncio.Event()
     cleaned: list[str] = []
 
-    async def gen(request: Any) -> AsyncIterator[int]:
-        try:
-            yield 1
-            waiting.set()
-            await asyncio.sleep(60)
-            yield 2
-        except asyncio.CancelledError:
-            cleaned.append("cancelled")
-            raise
-
-    ep = served(gen)
+    ep = served(waits_after_one(waiting, cleaned))
 
     async def read() -> list[int]:
         return [item async for item in call_of(ep).items(DATA)]
@@ -190,14 +195,7 @@ async def test_cancelling_the_callers_task_reaches_the_handler(path):
 
 async def test_an_interrupt_while_the_handler_waits_ends_only_the_stream(path):
     waiting = asyncio.Event()
-
-    async def gen(request: Any) -> AsyncIterator[int]:
-        yield 1
-        waiting.set()
-        await asyncio.sleep(60)
-        yield 2
-
-    ep = served(gen)
+    ep = served(waits_after_one(waiting, []))
     ctx = Context()
     call = call_of(ep, ctx=ctx, tasks=TaskSet("test"))
 
@@ -256,17 +254,7 @@ async def test_leaving_ready_batches_early_closes_the_handler(path):
     cleaned: list[str] = []
     waiting = asyncio.Event()
 
-    async def gen(request: Any) -> AsyncIterator[int]:
-        try:
-            yield 1
-            waiting.set()
-            await asyncio.sleep(60)
-            yield 2
-        except asyncio.CancelledError:
-            cleaned.append("cancelled")
-            raise
-
-    ep = served(gen)
+    ep = served(waits_after_one(waiting, cleaned))
     items = call_of(ep).items(DATA)
     batches = ready_batches(items)
     assert await batches.__anext__() == [1]  # the read of 2 was started and left paused
