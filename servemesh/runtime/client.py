@@ -302,8 +302,9 @@ class ResponseStream:
     ``StreamIncomplete``. Leaving the loop early (``break``, ``aclose()``, the
     caller's task cancelled) cancels the handler.
 
-    An in-process call is iterated as the serving path's own generator
-    (``serving.Call.items``): no extra layer per item."""
+    An in-process call is iterated as the serving path's own items
+    (``serving.Call.items``: the C relay, or its Python generator): no layer of
+    the client's per item."""
 
     __slots__ = ("__weakref__", "_annotated", "_chosen", "_client", "_ctx", "_done", "_it", "_pinned", "_record",
                  "_refusal", "_request", "_router", "_src", "_timer", "_tried", "_unlink")
@@ -336,8 +337,9 @@ class ResponseStream:
         return self
 
     def __aiter__(self) -> Items:
-        # A fresh generator that this object does not hold: when the caller's loop
-        # drops it (break), the loop's asyncgen hook closes it, which cancels the call.
+        # A fresh iterator that this object does not hold: when the caller's loop drops
+        # it (break), its finalizer (a relay's) or the loop's asyncgen hook (a generator's)
+        # closes it, which cancels the call.
         if self._it is not None:
             return self._it
         if self._src is None and not self._done:
@@ -384,7 +386,7 @@ class ResponseStream:
 
     def _open_local(self) -> Items | None:
         """The in-process fast path: open without awaiting and hand over the serving
-        generator itself. None when the call needs the general path."""
+        path's items themselves. None when the call needs the general path."""
         client = self._client
         record = client._choose(self._router, None, self._pinned)
         if record is None:
