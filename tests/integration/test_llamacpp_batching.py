@@ -43,8 +43,12 @@ def chat(tok: GGUFTokenizer, *turns: str, system: str | None = SYSTEM) -> list[i
 async def engine(system_port: int | None = None, **options: Any) -> AsyncIterator[tuple[DistributedRuntime, Any]]:
     """An embedded runtime serving one llamacpp engine; yields it and a client of generate."""
     async with DistributedRuntime(system_port=system_port) as rt:
+        # one decode thread: llama.cpp's threads meet at a barrier after every op, so with
+        # another process busy on this 2-core machine two threads wait on each other all
+        # the time (the deterministic test took 216-445 s beside a CPU hog, 18 s without);
+        # one thread takes ~30 s either way
         task = asyncio.create_task(serve(LlamaCppEngine, runtime=rt, model=DEFAULT_MODEL, n_ctx=1024,
-                                         n_threads=2, **options))
+                                         n_threads=1, **options))
         try:
             await rt.wait_served(ENGINE_PATH, timeout=120)
             yield rt, await rt.endpoint(ENGINE_PATH).client()
@@ -107,7 +111,7 @@ async def test_batched_answers_are_the_models_and_the_default_mode_shares_steps(
     from servemesh.llm.model import load_llama
 
     prompt = chat(tokenizer, QUESTIONS[0], system=None)
-    llm = await asyncio.to_thread(load_llama, resolve_model(DEFAULT_MODEL), repack=repack, n_ctx=512, n_threads=2,
+    llm = await asyncio.to_thread(load_llama, resolve_model(DEFAULT_MODEL), repack=repack, n_ctx=512, n_threads=1,
                                   verbose=False, flash_attn=True, swa_full=True)  # as the engine's default mode
     reference: list[int] = []
     for token in llm.generate(prompt, temp=0.0, reset=True):
