@@ -183,10 +183,8 @@ class Call:
         adapted = self.ep.adapted
         if adapted.unary is not None or Relay is None:
             return self._items(mode)
-        plain = adapted.plain
         try:
-            handler = self._handler = plain(self.request) if plain is not None \
-                else adapted.call(self.request, self.ctx)
+            handler = self.start()
         except BaseException as exc:  # the handler could not even start
             return self._raising(exc)
         return Relay(self, handler, mode, Annotated, self.interruptible)  # type: ignore[no-any-return]
@@ -300,8 +298,7 @@ class Call:
                 else:
                     yield item
             else:
-                handler = self._handler = plain(self.request) if plain is not None \
-                    else adapted.call(self.request, self.ctx)
+                handler = self.start()
                 try:
                     # three copies of one loop: the per-item cost is the point of this path
                     if mode == DATA:
@@ -399,7 +396,8 @@ class Call:
 
     def cancel(self) -> None:
         """The caller left without closing: stop the handler's work and the accounting
-        (a started ``items`` generator is finalised by the event loop)."""
+        (started ``items`` are finalised when dropped: the relay by itself, the Python
+        generator by the event loop)."""
         self.ctx.stop_generating()
         if self._handler is None and not self._scoped:
             self.finish("cancelled")
